@@ -155,10 +155,10 @@ def check_posterior(student_posterior: Callable[..., Any]) -> bool:
                   "including unequal priors and τ = 0.01")
 
 
-# ---------------------------------------------------------------- exercise 1.2: temperature for an entropy
+# ---------------------------------------------------------------- exercise 1.3: temperature for an entropy
 
 def entropy_problems() -> list[tuple[Tensor, Tensor, float]]:
-    """The ``(z, w, target mean entropy)`` problems of exercise 1.2: unit points and means."""
+    """The ``(z, w, target mean entropy)`` problems of exercise 1.3: unit points and means."""
     generator = torch.Generator().manual_seed(2)
     unit = lambda x: torch.nn.functional.normalize(x, dim=-1)  # noqa: E731
     z = unit(torch.randn(50, 3, generator=generator, dtype=torch.float64))
@@ -168,7 +168,7 @@ def entropy_problems() -> list[tuple[Tensor, Tensor, float]]:
 
 
 def check_temperature_for_entropy(find_temperature: Callable[..., Any], tolerance: float = 1e-3) -> bool:
-    """Exercise 1.2: ``find_temperature(z, w, target)`` returns the ``τ`` at which the mean
+    """Exercise 1.3: ``find_temperature(z, w, target)`` returns the ``τ`` at which the mean
     per-sample entropy (nats) of the sphere posterior (6) ``softmax(w·z/τ)`` equals ``target``.
 
     Checked on three targets (20 %, 50 % and 90 % of ``log K``) to within ``tolerance`` nats.
@@ -195,10 +195,10 @@ def check_temperature_for_entropy(find_temperature: Callable[..., Any], toleranc
                   "(20 %, 50 % and 90 % of log K)")
 
 
-# ---------------------------------------------------------------- exercise 1.3: a sphere of radius r
+# ---------------------------------------------------------------- exercise 1.2: a sphere of radius r
 
 def check_radius_temperature(softmax_temperature: Callable[..., Any]) -> bool:
-    """Exercise 1.3: points and means on a sphere of radius ``r``, mixture variance ``τ``.
+    """Exercise 1.2: points and means on a sphere of radius ``r``, mixture variance ``τ``.
     ``softmax_temperature(tau, r)`` returns the ``T`` with eq. (1) equal to
     ``softmax_k(cos(z, w_k) / T)`` (the cosine is the dot product of the unit vectors).
     """
