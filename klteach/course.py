@@ -1,0 +1,31 @@
+"""Small helpers the notebooks share: quick mode for CI, and one-line notebook setup.
+
+``KLTEACH_QUICK=1`` (set by the tests and CI) shrinks every run so that all chapters
+execute in minutes on two CPU cores; a person gets the full-size runs by default.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+
+def quick() -> bool:
+    """True when ``KLTEACH_QUICK=1`` is set (tests and CI)."""
+    return os.environ.get("KLTEACH_QUICK", "0") == "1"
+
+
+def pick(full: int, quick_value: int) -> int:
+    """``full`` normally, ``quick_value`` in quick mode: ``steps = pick(1000, 100)``."""
+    return quick_value if quick() else full
+
+
+def setup_notebook(seed: int = 0, threads: int | None = None) -> None:
+    """Seed torch, cap CPU threads (a laptop stays responsive) and make plotly figures
+    render in JupyterLab while staying small in the saved notebook."""
+    import plotly.io as pio
+
+    torch.manual_seed(seed)
+    if threads:
+        torch.set_num_threads(threads)
+    pio.renderers.default = "plotly_mimetype"

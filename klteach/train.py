@@ -1,0 +1,491 @@
+"""The student/teacher loop of clustering SSL, as alternating-direction K-L optimisation.
+
+One step:
+
+1. two augmented views of a batch;
+2. the **teacher** (EMA of the student, or a copy every T steps: eq. 7) embeds each view and a
+   :mod:`~klteach.normalisers` normaliser turns its logits into the supervisory signal ``q``
+   (eq. 14-16 inverse priors, eq. 23 centering, ...);
+3. the **student** gives ``log p`` (eq. 6) on the *other* view and takes a gradient step on the
+   cross-entropy (eq. 3/11), which is the K-L divergence (2) up to the teacher's entropy;
+4. the teacher follows the student (EMA momentum, or a copy every ``copy_every`` steps).
+
+Settings in :data:`LIVE_SETTINGS` can be changed with :meth:`Trainer.set` while a run goes on;
+they take effect at the next step (the widgets rely on this).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from . import data as data_lib
+from . import metrics, theory
+from .augment import augmentation_for
+from .models import build_model
+from .normalisers import (NORMALISERS, batch_standardise, check_momentum, check_normaliser,
+                          check_prior_mode, make_normaliser)
+
+DEVICES = ("auto", "cpu", "cuda")
+LIVE_SETTINGS = ("normaliser", "tau_student", "tau_teacher", "momentum", "lam", "prior",
+                 "copy_every", "lr")
+"""Settings :meth:`Trainer.set` applies at the next step without restarting the run."""
+RESTART_SETTINGS = ("clusters", "dataset", "seed", "arch", "dim", "batch_size")
+"""Settings that rebuild the model and restart the run when changed with :meth:`Trainer.set`."""
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a NaN loss); the message names the step and the likely cause."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; the field names are the command-line flags (``--tau-student``)."""
+
+    dataset: str = "digits"
+    normaliser: str = "inverse-prior"
+    clusters: int = 20
+    steps: int = 1000
+    epochs: float | None = None
+    seed: int = 0
+    tau_student: float = 0.1
+    tau_teacher: float = 0.04
+    momentum: float = 0.9
+    copy_every: int = 0
+    prior: str = "running"
+    prior_every: int = 0
+    lam: float = 1.0
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    device: str = "auto"
+    eval_every: int = 100
+    eval_size: int = 5000
+    data_dir: str | None = None
+    out: str | None = None
+    arch: str = "auto"
+    dim: int = 64
+    learnable_prototypes: bool = True
+    centred_prototypes: bool = False
+    student_batchnorm: bool = False
+    prior_momentum: float = 0.9
+    center_momentum: float = 0.9
+    compile: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def validate_config(config: TrainConfig) -> TrainConfig:
+    """Raise ``ValueError`` naming the first bad value and what is allowed; return ``config``."""
+    theory.check_temperature(config.tau_student, "tau_student")
+    theory.check_temperature(config.tau_teacher, "tau_teacher")
+    theory.check_lambda(config.lam)
+    check_momentum(config.momentum, "momentum")
+    check_momentum(config.prior_momentum, "prior_momentum")
+    check_momentum(config.center_momentum, "center_momentum")
+    check_normaliser(config.normaliser)
+    check_prior_mode(config.prior)
+    _check_int(config.clusters, "clusters (K)", minimum=2)
+    _check_int(config.steps, "steps", minimum=0)
+    _check_int(config.batch_size, "batch_size", minimum=2)
+    _check_int(config.eval_every, "eval_every", minimum=0)
+    _check_int(config.copy_every, "copy_every", minimum=0)
+    _check_int(config.prior_every, "prior_every", minimum=0)
+    if config.epochs is not None and not config.epochs > 0:
+        raise ValueError(f"epochs must be > 0, got {config.epochs!r}")
+    if not config.lr > 0:
+        raise ValueError(f"lr must be > 0, got {config.lr!r}")
+    if config.lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule must be constant or cosine, got {config.lr_schedule!r}")
+    if config.device not in DEVICES:
+        raise ValueError(f"unknown device {config.device!r}; choose one of {', '.join(DEVICES)}")
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use cpu or auto")
+    return config
+
+
+def _check_int(value: Any, name: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when a GPU is present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def cross_view_loss(q_views: list[Tensor], log_p_views: list[Tensor]) -> Tensor:
+    """Eq. (3)/(11) between *different* views: each teacher view supervises the other student view."""
+    pairs = [(qi, lpj) for i, qi in enumerate(q_views) for j, lpj in enumerate(log_p_views) if i != j]
+    return sum(theory.cross_entropy(q, lp) for q, lp in pairs) / len(pairs)
+
+
+class Trainer:
+    """Runs the loop for one :class:`TrainConfig`; ``step()``, ``run()``, ``set()``, ``evaluate()``."""
+
+    def __init__(self, config: TrainConfig | None = None, data: data_lib.Dataset | None = None,
+                 **overrides: Any) -> None:
+        """``Trainer(TrainConfig(...))`` or ``Trainer(dataset="digits", normaliser="none", ...)``;
+        ``data`` passes an already loaded :class:`~klteach.data.Dataset` instead of loading one."""
+        config = dataclasses.replace(config or TrainConfig(), **overrides)
+        self.config = validate_config(config)
+        self.device = resolve_device(config.device)
+        self.dataset = (data.to(self.device) if data is not None else
+                        data_lib.load_dataset(config.dataset, device=self.device, data_dir=config.data_dir))
+        self.history: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self._pending: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._build()
+
+    # ------------------------------------------------------------------ construction
+    def _build(self) -> None:
+        cfg = self.config
+        n_train = self.dataset.train.shape[0]
+        if cfg.batch_size > n_train:
+            raise ValueError(f"batch_size {cfg.batch_size} is larger than the dataset "
+                             f"{self.dataset.name!r} ({n_train} training samples)")
+        if cfg.epochs is not None:
+            self.config.steps = math.ceil(cfg.epochs * n_train / cfg.batch_size)
+        torch.manual_seed(cfg.seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.augment = augmentation_for(self.dataset)
+        arch = cfg.arch
+        if arch == "auto" and self.device.type == "cuda" and self.dataset.kind == "images" \
+                and self.dataset.train.shape[-1] >= 32:
+            arch = "resnet18"
+        small_input = self.dataset.kind == "vectors" or self.dataset.train.shape[-1] < 16
+        self.student = build_model(arch, tuple(self.dataset.train.shape[1:]), cfg.clusters,
+                                   dim=cfg.dim, hidden=256 if small_input else 512,
+                                   learnable_prototypes=cfg.learnable_prototypes,
+                                   centred_prototypes=cfg.centred_prototypes).to(self.device)
+        if self.device.type == "cuda" and self.dataset.kind == "images":
+            self.student = self.student.to(memory_format=torch.channels_last)
+        self.teacher = copy.deepcopy(self.student).requires_grad_(False)
+        self.optimiser = torch.optim.AdamW(self.student.parameters(), lr=cfg.lr,
+                                           weight_decay=cfg.weight_decay)
+        self.normaliser = self._make_normaliser()
+        self.step_count = 0
+        self.epoch_order = torch.empty(0, dtype=torch.long, device=self.device)
+        self.last_loss = float("nan")
+        self.forward = torch.compile(self._loss) if cfg.compile else self._loss
+
+    def _make_normaliser(self):
+        cfg = self.config
+        return make_normaliser(cfg.normaliser, cfg.clusters, cfg.lam, cfg.prior,
+                               cfg.prior_momentum, cfg.center_momentum).to(self.device)
+
+    # ------------------------------------------------------------------ live settings
+    def set(self, **changes: Any) -> None:
+        """Change settings; live ones (:data:`LIVE_SETTINGS`) apply at the next step, the others
+        (:data:`RESTART_SETTINGS`) rebuild the model and restart at step 0. Bad values raise
+        ``ValueError`` at once and change nothing."""
+        unknown = [k for k in changes if not hasattr(self.config, k)]
+        if unknown:
+            raise ValueError(f"unknown setting(s) {unknown}; live settings are {', '.join(LIVE_SETTINGS)}")
+        validate_config(dataclasses.replace(self.config, **changes))
+        with self._lock:
+            self._pending.update(changes)
+
+    def _apply_pending(self) -> None:
+        with self._lock:
+            changes, self._pending = self._pending, {}
+        if not changes:
+            return
+        restart = any(k in RESTART_SETTINGS and v != getattr(self.config, k) for k, v in changes.items())
+        old_normaliser = self.config.normaliser
+        self.config = dataclasses.replace(self.config, **changes)
+        self.events.append({"step": self.step_count, "changes": changes, "restart": restart})
+        if restart:
+            if "dataset" in changes:
+                self.dataset = data_lib.load_dataset(self.config.dataset, device=self.device,
+                                                     data_dir=self.config.data_dir)
+            self.history.clear()
+            self._build()
+            return
+        if self.config.normaliser != old_normaliser or "prior" in changes:
+            self.normaliser = self._make_normaliser()
+        if "lam" in changes and hasattr(self.normaliser, "lam"):
+            self.normaliser.lam = float(self.config.lam)
+        for group in self.optimiser.param_groups:
+            group["lr"] = self.config.lr
+
+    # ------------------------------------------------------------------ the step
+    def _next_batch(self) -> Tensor:
+        """Indices of the next batch: a fresh random permutation every epoch, no sample twice."""
+        b = self.config.batch_size
+        if self.epoch_order.numel() < b:
+            perm = torch.randperm(self.dataset.train.shape[0], generator=self.generator,
+                                  device=self.device)
+            self.epoch_order = perm
+        idx, self.epoch_order = self.epoch_order[:b], self.epoch_order[b:]
+        return self.dataset.train[idx]
+
+    def _student_log_p(self, x: Tensor) -> Tensor:
+        """``log p`` of eq. (6) at the student temperature (optionally batch-normalised: §5)."""
+        z = self.student.embed(x)
+        if self.config.student_batchnorm:
+            z = batch_standardise(z)
+        return (z @ self.student.prototypes.unit_weights.T / self.config.tau_student).log_softmax(-1)
+
+    @torch.no_grad()
+    def _teacher_q(self, x: Tensor) -> Tensor:
+        """The supervisory signal ``q`` from the teacher and the normaliser (eq. 7, 14-16, 23)."""
+        z = self.teacher.embed(x).float()
+        return self.normaliser(z, self.teacher.prototypes.unit_weights.float(), self.config.tau_teacher)
+
+    def _loss(self, view_a: Tensor, view_b: Tensor) -> Tensor:
+        q_a, q_b = self._teacher_q(torch.cat([view_a, view_b])).chunk(2)
+        log_p_a, log_p_b = self._student_log_p(torch.cat([view_a, view_b])).float().chunk(2)
+        return cross_view_loss([q_a, q_b], [log_p_a, log_p_b])
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    def step(self) -> float:
+        """One optimisation step of the student and one update of the teacher. Returns the loss."""
+        self._apply_pending()
+        cfg = self.config
+        if cfg.prior == "full" and cfg.normaliser == "inverse-prior" and self._prior_due():
+            self.normaliser.set_full_prior(self.estimate_full_prior())
+        self._set_lr()
+        x = self._next_batch()
+        view_a, view_b = self.augment(x, self.generator), self.augment(x, self.generator)
+        if self.device.type == "cuda" and x.dim() == 4:
+            view_a = view_a.contiguous(memory_format=torch.channels_last)
+            view_b = view_b.contiguous(memory_format=torch.channels_last)
+        self.student.train()
+        self.normaliser.train()
+        with self._autocast():
+            loss = self.forward(view_a, view_b)
+        self._check_finite(loss)
+        self.optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimiser.step()
+        self.step_count += 1
+        self._update_teacher()
+        self._loss_tensor = loss.detach()
+        if self.device.type == "cpu":
+            self.last_loss = float(self._loss_tensor)
+        return self.last_loss
+
+    def _check_finite(self, loss: Tensor) -> None:
+        """Stop on a NaN/Inf loss, naming the step and the likely cause (checked every step on a
+        CPU; on a GPU every 50 steps, so the step never waits for the device otherwise)."""
+        if self.device.type != "cpu" and self.step_count % 50:
+            return
+        if bool(torch.isfinite(loss)):
+            return
+        cfg = self.config
+        cause = (f"temperatures too low (tau_student={cfg.tau_student}, tau_teacher={cfg.tau_teacher})"
+                 if min(cfg.tau_student, cfg.tau_teacher) < 0.02 else f"learning rate too high (lr={cfg.lr})")
+        raise TrainingError(f"loss became {float(loss.detach())} at step {self.step_count}; likely cause: "
+                            f"{cause}. The last good checkpoint (if any) is kept.")
+
+    def _prior_due(self) -> bool:
+        every = self.config.prior_every or max(1, self.dataset.train.shape[0] // self.config.batch_size)
+        return self.step_count % every == 0
+
+    def _set_lr(self) -> None:
+        cfg = self.config
+        lr = cfg.lr
+        if cfg.warmup_steps and self.step_count < cfg.warmup_steps:
+            lr *= (self.step_count + 1) / cfg.warmup_steps
+        elif cfg.lr_schedule == "cosine" and cfg.steps:
+            progress = min(1.0, (self.step_count - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+            lr *= 0.5 * (1 + math.cos(math.pi * progress))
+        for group in self.optimiser.param_groups:
+            group["lr"] = lr
+
+    @torch.no_grad()
+    def _update_teacher(self) -> None:
+        """Eq. (7): the teacher takes the student's parameters, by a copy every ``copy_every``
+        steps or, when that is 0, by an exponential moving average with ``momentum``."""
+        cfg = self.config
+        if cfg.copy_every:
+            if self.step_count % cfg.copy_every == 0:
+                self.teacher.load_state_dict(self.student.state_dict())
+            return
+        for t, s in zip(self.teacher.parameters(), self.student.parameters()):
+            t.lerp_(s.detach(), 1.0 - cfg.momentum)
+        for t, s in zip(self.teacher.buffers(), self.student.buffers()):
+            t.copy_(s)
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def embed_all(self, model: torch.nn.Module, images: Tensor, batch: int = 1024) -> tuple[Tensor, Tensor]:
+        """Backbone features and unit-norm embeddings of ``images``, in eval mode, in batches."""
+        model.eval()
+        feats, zs = [], []
+        for start in range(0, images.shape[0], batch):
+            x = data_lib.to_float(images[start:start + batch])
+            with self._autocast():
+                f = model.backbone(x)
+                zs.append(model.head(f).float())
+            feats.append(f.float().flatten(1))
+        return torch.cat(feats), torch.cat(zs)
+
+    @torch.no_grad()
+    def estimate_full_prior(self) -> Tensor:
+        """Eq. (15): ``π_k = (1/N) Σ_x p_k(x)`` over the whole training set, with the teacher."""
+        _, z = self.embed_all(self.teacher, self.dataset.train)
+        return theory.cluster_prior(theory.sphere_posterior(
+            z, self.teacher.prototypes.unit_weights.float(), self.config.tau_teacher))
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, Any]:
+        """Collapse diagnostics, KL(teacher‖student), kNN accuracy and NMI/ARI on held-out data."""
+        cfg, ds = self.config, self.dataset
+        bank = ds.train[: cfg.eval_size]
+        feats_bank, _ = self.embed_all(self.student, bank)
+        feats_test, z_student = self.embed_all(self.student, ds.test)
+        _, z_teacher = self.embed_all(self.teacher, ds.test)
+        w = self.student.prototypes.unit_weights.float()
+        p = theory.sphere_posterior(z_student, w, cfg.tau_student)
+        self.normaliser.eval()
+        q = self.normaliser(z_teacher, self.teacher.prototypes.unit_weights.float(), cfg.tau_teacher)
+        result: dict[str, Any] = {"step": self.step_count, "loss": self.last_loss,
+                                  **metrics.assignment_metrics(p),
+                                  "kl_teacher_student": float(theory.kl_divergence(q, p)),
+                                  "embedding_std": metrics.embedding_std(z_student),
+                                  "normaliser": cfg.normaliser}
+        if ds.test_labels is not None and ds.train_labels is not None:
+            result["knn_accuracy"] = metrics.knn_accuracy(feats_bank, ds.train_labels[: cfg.eval_size],
+                                                          feats_test, ds.test_labels)
+            result.update(metrics.cluster_scores(p.argmax(-1), ds.test_labels))
+        return result
+
+    def assignments(self, images: Tensor | None = None) -> Tensor:
+        """The student's posterior (eq. 6) on ``images`` (default: the test set)."""
+        _, z = self.embed_all(self.student, self.dataset.test if images is None else images)
+        return theory.sphere_posterior(z, self.student.prototypes.unit_weights.float(),
+                                       self.config.tau_student)
+
+    # ------------------------------------------------------------------ running
+    def run(self, steps: int | None = None, callback: Callable[[dict], Any] | None = None,
+            progress: bool = False, should_stop: Callable[[], bool] | None = None) -> list[dict]:
+        """Take ``steps`` steps (default: the rest of ``config.steps``), evaluating every
+        ``eval_every`` steps and at the end; ``callback(metrics)`` sees each evaluation.
+        ``should_stop()`` is polled between steps (Ctrl-C and Pause stop there too)."""
+        steps = self.config.steps - self.step_count if steps is None else steps
+        bar = _progress_bar(steps, progress)
+        out = Path(self.config.out) if self.config.out else None
+        if out:
+            out.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(out / "config.json", self.config.to_dict())
+        try:
+            for _ in range(max(0, steps)):
+                if should_stop and should_stop():
+                    break
+                loss = self.step()
+                bar.update(1)
+                every = self.config.eval_every
+                if every and self.step_count % every == 0:
+                    self._record(callback, out, bar)
+                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            bar.close()
+        if not self.history or self.history[-1]["step"] != self.step_count:
+            self._record(callback, out, None)
+        return self.history
+
+    def _record(self, callback, out: Path | None, bar) -> None:
+        if self.device.type != "cpu":
+            self.last_loss = float(self._loss_tensor)
+        result = self.evaluate()
+        self.history.append(result)
+        if out:
+            with open(out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(result) + "\n")
+            self.save_checkpoint(out / "checkpoint.pt")
+        if bar is not None:
+            bar.set_postfix(eff=f"{result['effective_clusters']:.1f}", refresh=False)
+        if callback:
+            callback(result)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict[str, Any]:
+        """Everything needed to continue the run exactly where it stands."""
+        return {"config": self.config.to_dict(), "step": self.step_count,
+                "student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
+                "optimiser": self.optimiser.state_dict(), "normaliser": self.normaliser.state_dict(),
+                "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "epoch_order": self.epoch_order, "last_loss": self.last_loss,
+                "history": self.history, "events": self.events}
+
+    def save_checkpoint(self, path: str | os.PathLike) -> Path:
+        """Write :meth:`state` atomically: a temporary file, then a rename."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(self.state(), tmp)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def resume(cls, path: str | os.PathLike, **overrides: Any) -> "Trainer":
+        """Rebuild a trainer from a checkpoint written by :meth:`save_checkpoint`."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no checkpoint at {path}")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        trainer = cls(TrainConfig(**state["config"]), **overrides)
+        trainer.load_state(state)
+        return trainer
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state`; a checkpoint from a different model shape is refused clearly."""
+        cfg = state["config"]
+        for key in ("clusters", "dim", "arch", "dataset", "normaliser", "learnable_prototypes"):
+            if cfg.get(key) != getattr(self.config, key):
+                raise ValueError(f"checkpoint is incompatible: it has {key}={cfg.get(key)!r}, "
+                                 f"this run has {key}={getattr(self.config, key)!r}")
+        self.student.load_state_dict(state["student"])
+        self.teacher.load_state_dict(state["teacher"])
+        self.optimiser.load_state_dict(state["optimiser"])
+        self.normaliser.load_state_dict(state["normaliser"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.epoch_order = state["epoch_order"].to(self.device)
+        self.step_count = state["step"]
+        self.last_loss = state["last_loss"]
+        self.history = list(state["history"])
+        self.events = list(state["events"])
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to ``path`` via a temporary file and a rename, so it is never half-written."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _progress_bar(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+    return tqdm(total=total, disable=not enabled, desc="training", unit="step")
+
+
+def train(**kwargs: Any) -> Trainer:
+    """Build a :class:`Trainer` from keyword settings, run it to the end and return it."""
+    trainer = Trainer(TrainConfig(**kwargs))
+    trainer.run(progress=False)
+    return trainer
+
+
+__all__ = ["TrainConfig", "Trainer", "TrainingError", "train", "validate_config", "LIVE_SETTINGS",
+           "RESTART_SETTINGS", "NORMALISERS", "cross_view_loss", "resolve_device"]

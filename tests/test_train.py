@@ -1,0 +1,134 @@
+"""The training loop: settings, live changes, reproducibility, NaN safety, the command line."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from klteach.train import TrainConfig, Trainer, TrainingError
+
+
+def toy(**kw):
+    settings = dict(dataset="toy", clusters=8, batch_size=64, eval_every=0, device="cpu", steps=20)
+    return Trainer(TrainConfig(**{**settings, **kw}))
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("tau_student", 0.0, "tau_student must be a positive"),
+    ("tau_teacher", -0.1, "tau_teacher must be a positive"),
+    ("clusters", 1, r"clusters \(K\) must be an integer >= 2"),
+    ("normaliser", "zca", "unknown normaliser 'zca'"),
+    ("momentum", 1.0, r"momentum must be in \[0, 1\)"),
+    ("momentum", -0.1, r"momentum must be in \[0, 1\)"),
+    ("lam", -1.0, "lam must be a finite number >= 0"),
+    ("device", "tpu", "unknown device 'tpu'"),
+    ("prior", "epoch", "prior must be one of batch, running, full"),
+])
+def test_bad_settings_are_refused_with_the_value_and_what_is_allowed(setting, value, message):
+    with pytest.raises(ValueError, match=message):
+        toy(**{setting: value})
+
+
+def test_unknown_dataset_and_oversized_batch_are_clear_errors():
+    with pytest.raises(ValueError, match="imagenet"):
+        Trainer(TrainConfig(dataset="imagenet"))
+    with pytest.raises(ValueError, match="batch_size 5000 is larger than the dataset"):
+        Trainer(TrainConfig(dataset="digits", batch_size=5000))
+
+
+def test_same_seed_same_run_on_cpu():
+    a, b = toy(seed=3), toy(seed=3)
+    assert [a.step() for _ in range(10)] == [b.step() for _ in range(10)]
+    assert not torch.equal(toy(seed=4).student.prototypes.weight, toy(seed=3).student.prototypes.weight)
+
+
+def test_live_settings_apply_at_the_next_step_without_restart():
+    trainer = toy()
+    for _ in range(5):
+        trainer.step()
+    weights = trainer.student.prototypes.weight.detach().clone()
+    trainer.set(normaliser="none", tau_teacher=0.02, lam=0.5)
+    assert trainer.config.normaliser == "inverse-prior"          # not yet: between steps only
+    trainer.step()
+    assert trainer.config.normaliser == "none" and trainer.config.tau_teacher == 0.02
+    assert type(trainer.normaliser).__name__ == "NoNormaliser"
+    assert trainer.step_count == 6                                 # no restart
+    assert not torch.equal(weights, trainer.student.prototypes.weight)
+    assert trainer.events[-1]["step"] == 5 and trainer.events[-1]["restart"] is False
+
+
+def test_changing_k_restarts_the_run():
+    trainer = toy()
+    trainer.step()
+    trainer.set(clusters=5)
+    trainer.step()
+    assert trainer.step_count == 1 and trainer.student.prototypes.weight.shape[0] == 5
+
+
+def test_a_bad_live_setting_changes_nothing():
+    trainer = toy()
+    with pytest.raises(ValueError, match="tau_teacher"):
+        trainer.set(normaliser="none", tau_teacher=0)
+    with pytest.raises(ValueError, match="unknown setting"):
+        trainer.set(temperature=0.1)
+    trainer.step()
+    assert trainer.config.normaliser == "inverse-prior" and not trainer.events
+
+
+def test_copy_every_makes_the_teacher_a_copy_eq7():
+    trainer = toy(copy_every=3)
+    for _ in range(2):
+        trainer.step()
+    assert not torch.equal(trainer.teacher.prototypes.weight, trainer.student.prototypes.weight)
+    trainer.step()
+    assert torch.equal(trainer.teacher.prototypes.weight, trainer.student.prototypes.weight)
+
+
+def test_a_nan_stops_training_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    trainer = toy(out=str(tmp_path), eval_every=5, steps=5)
+    trainer.run()
+    good = (tmp_path / "checkpoint.pt").read_bytes()
+    with torch.no_grad():
+        trainer.student.prototypes.weight.fill_(float("nan"))
+    with pytest.raises(TrainingError, match="at step 5; likely cause"):
+        trainer.step()
+    assert (tmp_path / "checkpoint.pt").read_bytes() == good
+    assert Trainer.resume(tmp_path / "checkpoint.pt").step_count == 5
+
+
+def test_metrics_have_the_documented_fields():
+    trainer = toy(steps=10)
+    trainer.run()
+    result = trainer.history[-1]
+    for key in ("step", "loss", "effective_clusters", "clusters_used", "mean_entropy", "knn_accuracy",
+                "nmi", "ari", "kl_teacher_student", "embedding_std"):
+        assert key in result
+    assert 1 <= result["effective_clusters"] <= 8
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "klteach", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_train_writes_config_metrics_and_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    done = run_cli("train", "--dataset", "toy", "--clusters", "8", "--steps", "30", "--eval-every", "10",
+                   "--batch-size", "64", "--out", str(out), "--device", "cpu")
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [10, 20, 30]
+    assert json.loads((out / "config.json").read_text())["clusters"] == 8
+    assert (out / "checkpoint.pt").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tau-teacher", "0"], "tau_teacher must be a positive"),
+    (["--clusters", "1"], "clusters (K) must be an integer >= 2"),
+    (["--normaliser", "zca"], "unknown normaliser 'zca'"),
+    (["--dataset", "/no/such/folder"], "/no/such/folder"),
+])
+def test_cli_bad_input_is_one_clear_line_not_a_traceback(args, message):
+    done = run_cli("train", "--steps", "1", *args)
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
