@@ -1,0 +1,2 @@
+"""Exercise checks for chapter 5."""
+__all__: list[str] = []

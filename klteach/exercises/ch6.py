@@ -1,0 +1,2 @@
+"""Exercise checks for chapter 6."""
+__all__: list[str] = []
