@@ -93,6 +93,9 @@ def main() -> None:
         "by_torch_threads": by_threads,
         "max_abs_difference_batched_vs_loop": max_difference,
         "load_average_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "note": ("the machine was busy with other jobs (1-min load above its core count): timings "
+                 "are pessimistic, multi-threaded ones most (each parallel op waits for a "
+                 "descheduled thread)") if load_before > (os.cpu_count() or 1) else "machine idle",
         "torch": torch.__version__,
         "nproc": os.cpu_count(),
         "cpu": cpu_description(),

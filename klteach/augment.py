@@ -122,7 +122,7 @@ class ImageAugment:
     it returns float32 images in ``[0, 1]`` on the same device.
     """
 
-    size: tuple[int, int] | None = None
+    size: int | tuple[int, int] | None = None
     crop_scale: tuple[float, float] = (0.2, 1.0)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip: bool = True
@@ -146,7 +146,8 @@ class ImageAugment:
         """``(N, C, H, W)`` of the augmented batch; checks that ``images`` is a batch of images."""
         if images.dim() != 4 or images.shape[1] not in (1, 3):
             raise ValueError(f"expected images of shape (N, C, H, W) with C = 1 or 3, got {tuple(images.shape)}")
-        height, width = self.size or images.shape[2:]
+        size = (self.size, self.size) if isinstance(self.size, int) else self.size
+        height, width = size or images.shape[2:]
         return images.shape[0], images.shape[1], height, width
 
     def sample_params(self, shape: tuple[int, int, int, int], device: torch.device | str = "cpu",

@@ -50,7 +50,8 @@ def test_seeded_generator_makes_it_repeatable():
 
 @pytest.mark.parametrize("augment_, channels, size", [
     (CIFAR_AUGMENT, 3, 32), (DIGITS_AUGMENT, 1, 8),
-    (ImageAugment(size=(20, 24), noise_std=0.05, gray_p=0.5), 3, 32)])
+    (ImageAugment(size=(20, 24), noise_std=0.05, gray_p=0.5), 3, 32),
+    (ImageAugment(size=16), 3, 32)])
 def test_batched_equals_per_image_loop_with_identical_parameters(augment_, channels, size):
     x = images(12, channels, size)
     params = augment_.sample_params(augment_.output_shape(x), x.device, seeded(1))
