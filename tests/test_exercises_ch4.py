@@ -1,117 +1,102 @@
-"""Chapter 4 checkers: a right answer passes, typical mistakes get their specific hint."""
+"""Chapter 4 checkers: a right answer passes; each typical mistake gets its own message."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from klteach import theory
-from klteach.exercises import ch4
+from klteach.exercises import check_centering_teacher, check_normaliser_lower_bound, check_prior_centering_gap
 
 
-@pytest.fixture
-def zw():
-    g = torch.Generator().manual_seed(1)
-    z = torch.nn.functional.normalize(torch.randn(30, 8, generator=g, dtype=torch.float64), dim=-1)
-    w = torch.nn.functional.normalize(torch.randn(5, 8, generator=g, dtype=torch.float64), dim=-1)
-    return z, w
+def verdict(capsys, check, answer):
+    ok = check(answer)
+    return ok, capsys.readouterr().out
 
 
-def said(capsys):
-    return capsys.readouterr().out
+def numpy_bound(z, w, tau):
+    z, w = np.asarray(z), np.asarray(w)
+    return math.log(len(w)) + z @ w.mean(0) / tau
 
 
-def right_bound(z, w, tau):
-    return torch.logsumexp(z @ w.T / tau, -1), math.log(w.shape[0]) + z @ w.mean(0) / tau
+def numpy_softmax(x, axis=-1):
+    x = np.asarray(x)
+    e = np.exp(x - x.max(axis, keepdims=True))
+    return e / e.sum(axis, keepdims=True)
 
 
-def test_jensen_bound_right_answer_passes(zw, capsys):
-    z, w = zw
-    assert ch4.check_normaliser_jensen_bound(*right_bound(z, w, 0.2), z, w, 0.2)
-    assert said(capsys).startswith("Correct!")
+def numpy_centering(logits, tau):
+    logits = np.asarray(logits)
+    return numpy_softmax((logits - logits.mean(0)) / tau)
 
 
-@pytest.mark.parametrize("wrong, hint", [
-    (lambda z, w, t: right_bound(z, w, t)[::-1], "swapped"),
-    (lambda z, w, t: (right_bound(z, w, t)[0], right_bound(z, w, t)[1] - math.log(5)), "missing log K"),
-    (lambda z, w, t: (right_bound(z, w, t)[0], math.log(5) + z @ w.sum(0) / t), "MEAN"),
-    (lambda z, w, t: (torch.logsumexp(z @ w.T, -1), right_bound(z, w, t)[1]), "divide the logits"),
-    (lambda z, w, t: tuple(x.exp() for x in right_bound(z, w, t)), "logarithms"),
-    (lambda z, w, t: (right_bound(z, w, t)[0][:3], right_bound(z, w, t)[1]), "shape"),
-    (lambda z, w, t: (None, None), "no answer yet"),
-])
-def test_jensen_bound_wrong_answers_get_specific_hints(zw, capsys, wrong, hint):
-    z, w = zw
-    assert not ch4.check_normaliser_jensen_bound(*wrong(z, w, 0.2), z, w, 0.2)
-    out = said(capsys)
-    assert out.startswith("Not yet:") and hint in out
-
-
-def test_centering_teacher_right_answer_passes(zw, capsys):
-    z, w = zw
-    logits = z @ w.T
-    assert ch4.check_centering_teacher(((logits - logits.mean(0)) / 0.1).softmax(-1), logits, 0.1)
-    assert said(capsys).startswith("Correct!")
-
-
-@pytest.mark.parametrize("wrong, hint", [
-    (lambda l, t: (l / t).softmax(-1), "nothing was centred"),
-    (lambda l, t: ((l - l.mean(1, keepdim=True)) / t).softmax(-1), "nothing was centred"),
-    (lambda l, t: ((l + l.mean(0)) / t).softmax(-1), "wrong sign"),
-    (lambda l, t: (l - l.mean(0)).softmax(-1), "divide the centred logits"),
-    (lambda l, t: ((l - l.mean(0)) * t).softmax(-1), "do not multiply"),
-    (lambda l, t: ((l - l.mean(0)) / t).softmax(0), "dim 1"),
-    (lambda l, t: ((l - l.mean(0)) / t).softmax(-1).roll(1, 0), "sample"),
-])
-def test_centering_teacher_wrong_answers_get_specific_hints(zw, capsys, wrong, hint):
-    z, w = zw
-    logits = z @ w.T
-    assert not ch4.check_centering_teacher(wrong(logits, 0.1), logits, 0.1)
-    out = said(capsys)
-    assert out.startswith("Not yet:") and hint in out
-
-
-def gap_parts(z, w, tau):
-    p = (z @ w.T / tau).softmax(-1)
+def teachers(z, w, tau):
+    p = numpy_softmax(np.asarray(z @ w.T) / tau)
     q16 = p / p.mean(0)
-    q16 = q16 / q16.sum(1, keepdim=True)
-    l = z @ w.T
-    q23 = ((l - l.mean(0)) / tau).softmax(-1)
-    return q16, q23
+    return q16 / q16.sum(1, keepdims=True), numpy_centering(z @ w.T, tau)
 
 
-def test_gap_right_answer_passes(zw, capsys):
-    z, w = zw
-    q16, q23 = gap_parts(z, w, 0.1)
-    answer = (q16 * (q16 / q23).log()).sum(1).mean()
-    assert ch4.check_prior_centering_gap(answer, z, w, 0.1)
-    assert ch4.check_prior_centering_gap(float(answer), z, w, 0.1)
-    assert said(capsys).startswith("Correct!")
+def numpy_gap(z, w, tau):
+    a, b = teachers(z, w, tau)
+    return (a * np.log(a / b)).sum(1).mean()
 
 
-@pytest.mark.parametrize("wrong, hint", [
-    (lambda a, b: (b * (b / a).log()).sum(1).mean(), "KL(centering"),
-    (lambda a, b: (a * (a / b).log()).sum(), "summed over the samples"),
-    (lambda a, b: -(a * (a / b).log()).sum(1).mean(), "never negative"),
-    (lambda a, b: (a * (a / b).log()).sum(1), "shape"),
+def test_right_answers_pass(capsys):
+    for check, answer in [(check_normaliser_lower_bound, numpy_bound),
+                          (check_centering_teacher, numpy_centering),
+                          (check_centering_teacher, theory.centering_teacher),
+                          (check_prior_centering_gap, numpy_gap),
+                          (check_prior_centering_gap, theory.prior_centering_gap)]:
+        ok, out = verdict(capsys, check, answer)
+        assert ok and out.startswith("✔"), out
+
+
+def test_success_message_reports_a_gap_that_shrinks_with_temperature(capsys):
+    ok, out = verdict(capsys, check_prior_centering_gap, numpy_gap)
+    high, low = (float(s.split(" nats")[0].split()[-1]) if "nats" in s else float(s.split()[0])
+                 for s in out.split("is ", 1)[1].split(" and ", 1))
+    assert ok and high < low
+
+
+@pytest.mark.parametrize("wrong, phrase", [
+    (lambda z, w, tau: z @ w.mean(0) / tau, "log K is missing"),
+    (lambda z, w, tau: math.log(len(w)) + z @ w.sum(0) / tau, "MEAN"),
+    (lambda z, w, tau: math.log(len(w)) + z @ w.mean(0), "divide w̄·z by the temperature"),
+    (lambda z, w, tau: torch.logsumexp(z @ w.T / tau, -1), "left side"),
+    (lambda z, w, tau: np.exp(numpy_bound(z, w, tau)), "logarithm"),
+    (lambda z, w, tau: numpy_bound(z, w, tau)[:3], "shape"),
+    (lambda z, w, tau: numpy_bound(z, w, tau) + 0.1, "the library gives"),
 ])
-def test_gap_wrong_answers_get_specific_hints(zw, capsys, wrong, hint):
-    z, w = zw
-    assert not ch4.check_prior_centering_gap(wrong(*gap_parts(z, w, 0.1)), z, w, 0.1)
-    out = said(capsys)
-    assert out.startswith("Not yet:") and hint in out
+def test_bound_mistakes_are_named(capsys, wrong, phrase):
+    ok, out = verdict(capsys, check_normaliser_lower_bound, wrong)
+    assert not ok and out.startswith("✘") and phrase in out, out
 
 
-def test_checkers_reject_bad_inputs(zw):
-    z, w = zw
-    with pytest.raises(ValueError, match="same dimension"):
-        ch4.check_prior_centering_gap(0.0, z, w[:, :3], 0.1)
-    with pytest.raises(ValueError, match="tau"):
-        ch4.check_centering_teacher(z @ w.T, z @ w.T, 0)
-    with pytest.raises(ValueError, match="2-D"):
-        ch4.check_normaliser_jensen_bound(None, None, z[0], w, 0.1)
+@pytest.mark.parametrize("wrong, phrase", [
+    (lambda l, t: numpy_softmax(np.asarray(l) / t), "nothing was centred"),
+    (lambda l, t: numpy_softmax((np.asarray(l) - np.asarray(l).mean(1, keepdims=True)) / t), "nothing was centred"),
+    (lambda l, t: numpy_softmax((np.asarray(l) + np.asarray(l).mean(0)) / t), "wrong sign"),
+    (lambda l, t: numpy_softmax(np.asarray(l) - np.asarray(l).mean(0)), "divide the centred logits"),
+    (lambda l, t: numpy_softmax((np.asarray(l) - np.asarray(l).mean(0)) * t), "do not multiply"),
+    (lambda l, t: numpy_softmax((np.asarray(l) - np.asarray(l).mean(0)) / t, axis=0), "dim 1"),
+    (lambda l, t: numpy_centering(l, t)[:, :3], "shape"),
+    (lambda l, t: np.roll(numpy_centering(l, t), 1, axis=0), "the library gives"),
+])
+def test_centering_mistakes_are_named(capsys, wrong, phrase):
+    ok, out = verdict(capsys, check_centering_teacher, wrong)
+    assert not ok and out.startswith("✘") and phrase in out, out
 
 
-def test_checkers_are_exported():
-    import klteach.exercises as ex
-    for name in ch4.__all__:
-        assert getattr(ex, name) is getattr(ch4, name)
+@pytest.mark.parametrize("wrong, phrase", [
+    (lambda z, w, t: (lambda a, b: (b * np.log(b / a)).sum(1).mean())(*teachers(z, w, t)), "KL(centering"),
+    (lambda z, w, t: numpy_gap(z, w, t) * len(z), "summed over the samples"),
+    (lambda z, w, t: -numpy_gap(z, w, t), "never negative"),
+    (lambda z, w, t: (lambda a, b: (a * np.log(a / b)).sum(1))(*teachers(z, w, t)), "one value per sample"),
+    (lambda z, w, t: (lambda a, p: (a * np.log(a / p)).sum(1).mean())(
+        teachers(z, w, t)[0], numpy_softmax(np.asarray(z @ w.T) / t)), "plain student softmax"),
+    (lambda z, w, t: numpy_gap(z, w, 2 * t), "the library gives"),
+    (lambda z, w, t: [1.0, 2.0], "one number"),
+])
+def test_gap_mistakes_are_named(capsys, wrong, phrase):
+    ok, out = verdict(capsys, check_prior_centering_gap, wrong)
+    assert not ok and out.startswith("✘") and phrase in out, out

@@ -1,129 +1,158 @@
-"""Exercise checks for chapter 4: from inverse priors to centering, eq. (17)-(23).
+"""Exercise checks for chapter 4, from inverse priors to centering (eq. 17-23).
 
-Each ``check_*`` compares the student's answer with :mod:`klteach.theory`, prints what is
-right or, in words, what is wrong, and returns ``True`` only for a right answer.
+Same conventions as chapter 1: each ``check_*`` calls the student's function on inputs of its
+own, compares the result with :mod:`klteach.theory`, prints what is wrong and returns ``True``
+only for a right answer.
 """
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
 from .. import theory
-from .ch3 import as_answer, close, verdict
+from .ch1 import Mistake, call_student, check_probability_rows, diagnose, first_difference, report
 
-__all__ = ["check_normaliser_jensen_bound", "check_centering_teacher", "check_prior_centering_gap"]
-
-
-def _matrix(x: Any, name: str) -> Tensor:
-    """``x`` as a float64 2-D tensor, or ``ValueError`` naming it."""
-    x = torch.as_tensor(x).double()
-    if x.dim() != 2:
-        raise ValueError(f"{name} must be a 2-D tensor, got shape {tuple(x.shape)}")
-    return x
+__all__ = ["check_normaliser_lower_bound", "check_centering_teacher", "check_prior_centering_gap"]
 
 
-def _inputs(z: Any, w: Any, tau: float) -> tuple[Tensor, Tensor, float]:
-    z, w = _matrix(z, "z (N, D)"), _matrix(w, "w (K, D)")
-    if z.shape[1] != w.shape[1]:
-        raise ValueError(f"z and w must have the same dimension D; got z {tuple(z.shape)}, w {tuple(w.shape)}")
-    return z, w, theory.check_temperature(tau)
+def embeddings_and_weights(samples: int, clusters: int, dim: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Unit-norm float64 embeddings ``z`` ``(samples, dim)`` that lean towards one direction (so
+    their mean is not 0) and unit weight vectors ``w`` ``(clusters, dim)`` (mean not 0 either)."""
+    generator = torch.Generator().manual_seed(seed)
+    lean = torch.zeros(dim, dtype=torch.float64)
+    lean[0] = 0.8
+    unit = lambda x: torch.nn.functional.normalize(x, dim=-1)  # noqa: E731
+    z = unit(torch.randn(samples, dim, generator=generator, dtype=torch.float64) * 0.6 + lean)
+    w = unit(torch.randn(clusters, dim, generator=generator, dtype=torch.float64) + lean)
+    return z, w
 
 
-# ---------------------------------------------------------------- eq. (18)
+# ---------------------------------------------------------------- exercise 4.1: eq. (18)
 
-def check_normaliser_jensen_bound(log_lhs: Any, log_rhs: Any, z: Tensor, w: Tensor, tau: float) -> bool:
-    """Eq. (18) in logs, per sample: ``log Σ_j exp(w_j·z/τ)`` and ``log K + w̄·z/τ``, shapes ``(N,)``."""
-    z, w, tau = _inputs(z, w, tau)
-    lhs, rhs = theory.normaliser_jensen_bound(z, w, tau)
-    k = w.shape[0]
-    got_lhs, got_rhs = as_answer(log_lhs, lhs), as_answer(log_rhs, rhs)
-    for got, name in ((got_lhs, "log_lhs"), (got_rhs, "log_rhs")):
-        if isinstance(got, str):
-            return verdict(False, f"{name}: {got}")
-    if close(got_lhs, rhs) and close(got_rhs, lhs):
-        return verdict(False, "you swapped the two sides: the sum of exponentials (left) is the larger "
-                              "one, Jensen's lower bound K·exp(w̄·z/τ) is on the right.")
-    if close(got_lhs, lhs.exp()) or close(got_rhs, rhs.exp()):
-        return verdict(False, "return the logarithms of both sides (exp of large logits overflows).")
-    if not close(got_lhs, lhs):
-        if close(got_lhs, torch.logsumexp(z @ w.T, dim=-1)):
-            return verdict(False, "log_lhs: divide the logits w_j·z by τ before the exponential.")
-        return verdict(False, f"log_lhs should be log Σ_j exp(w_j·z/τ) (torch.logsumexp); sample 0: "
-                              f"expected {float(lhs[0]):.4f}, got {float(got_lhs[0]):.4f}.")
-    if close(got_rhs, rhs):
-        gap = float((lhs - rhs).mean())
-        return verdict(True, f"the bound holds for every sample; the mean gap log lhs - log rhs "
-                             f"is {gap:.4f} at τ = {tau}.")
-    if close(got_rhs, rhs - math.log(k)):
-        return verdict(False, f"log_rhs is missing log K = {math.log(k):.4f}: Jensen gives "
-                              "Σ_j e^{a_j} = K·mean_j e^{a_j} ≥ K·e^{mean_j a_j}.")
-    if close(got_rhs, math.log(k) + z @ w.sum(0) / tau):
-        return verdict(False, "w̄ is the MEAN of the weight vectors (eq. 19), not their sum.")
-    return verdict(False, f"log_rhs should be log K + w̄·z/τ (eq. 18/19); sample 0: expected "
-                          f"{float(rhs[0]):.4f}, got {float(got_rhs[0]):.4f}.")
+def _bound_mistakes() -> list[Mistake]:
+    log_k = lambda w: math.log(w.shape[0])  # noqa: E731
+    return [
+        (lambda z, w, tau: z @ theory.mean_weight_vector(w) / tau,
+         "log K is missing: Jensen gives Σ_j e^{a_j} = K·mean_j e^{a_j} ≥ K·e^{mean_j a_j}"),
+        (lambda z, w, tau: log_k(w) + z @ w.sum(0) / tau,
+         "w̄ is the MEAN of the weight vectors (eq. 19), not their sum"),
+        (lambda z, w, tau: log_k(w) + z @ theory.mean_weight_vector(w),
+         "divide w̄·z by the temperature τ"),
+        (lambda z, w, tau: theory.normaliser_jensen_bound(z, w, tau)[0],
+         "that is the left side, log Σ_j exp(w_j·z/τ) itself; return Jensen's lower bound, "
+         "log of K·exp(w̄·z/τ)"),
+        (lambda z, w, tau: theory.normaliser_jensen_bound(z, w, tau)[1].exp(),
+         "return the logarithm of the bound, log K + w̄·z/τ (exp of large logits overflows)"),
+    ]
 
 
-# ---------------------------------------------------------------- eq. (23)
-
-def check_centering_teacher(answer: Any, logits: Tensor, tau: float) -> bool:
-    """Eq. (23): ``q_k(x) = softmax_k((l_k(x) - c_k)/τ)``, ``c_k`` the mean of logit k over the
-    samples (the rows), shape ``(N, K)``."""
-    logits = _matrix(logits, "logits (N, K)")
-    tau = theory.check_temperature(tau)
-    expected = theory.centering_teacher(logits, tau)
-    got = as_answer(answer, expected)
-    if isinstance(got, str):
-        return verdict(False, got)
-    if close(got, expected):
-        return verdict(True, "your teacher is the softmax of centred logits (eq. 23).")
-    centre = logits.mean(0)
-    if close(got, theory.softmax_with_temperature(logits, tau)):
-        return verdict(False, "this is the plain softmax: nothing was centred. Subtracting a "
-                              "per-sample (row) mean changes nothing, since a softmax ignores a constant "
-                              "added to all k. Subtract the per-cluster mean over the samples (dim 0).")
-    if close(got, theory.softmax_with_temperature(logits + centre, tau)):
-        return verdict(False, "wrong sign: subtract the centre c_k = mean_x l_k(x), do not add it.")
-    if close(got, (logits - centre).softmax(-1)):
-        return verdict(False, "divide the centred logits by the temperature τ before the softmax.")
-    if close(got, ((logits - centre) * tau).softmax(-1)):
-        return verdict(False, "divide by τ, do not multiply.")
-    if close(got, ((logits - centre) / tau).softmax(0)):
-        return verdict(False, "the softmax runs over the clusters (dim 1): each sample's q(x) sums to one.")
-    row, col = divmod(int((got - expected).abs().argmax()), got.shape[1])
-    return verdict(False, f"sample {row}, cluster {col}: expected q = {float(expected[row, col]):.4f}, "
-                          f"got {float(got[row, col]):.4f}.")
+def check_normaliser_lower_bound(student_bound: Callable[..., Any]) -> bool:
+    """Exercise 4.1: ``student_bound(z, w, tau)`` returns the log of Jensen's lower bound (18) on
+    the softmax normaliser, ``log K + w̄·z/τ`` per sample, shape ``(N,)``."""
+    z, w = embeddings_and_weights(9, 5, 6, seed=41)
+    for tau in (0.5, 0.05):
+        answer, problem = call_student(student_bound, z, w, tau)
+        if answer is None:
+            return report(False, problem)
+        log_lhs, expected = theory.normaliser_jensen_bound(z, w, tau)
+        if tuple(answer.shape) != tuple(expected.shape):
+            return report(False, f"the shape is {tuple(answer.shape)}; the bound has one value per "
+                          f"sample, (N,) = {tuple(expected.shape)}")
+        if not torch.allclose(answer, expected, atol=1e-9):
+            hint = diagnose(answer, expected, _bound_mistakes(), (z, w, tau), atol=1e-9)
+            return report(False, f"τ = {tau}: " + (hint or first_difference(answer, expected)))
+    gaps = {tau: float((theory.normaliser_jensen_bound(z, w, tau)[0]
+                        - theory.normaliser_jensen_bound(z, w, tau)[1]).mean()) for tau in (0.5, 0.05)}
+    return report(True, "your bound is log K + w̄·z/τ (eq. 18); the mean gap log lhs - log rhs is "
+                  f"{gaps[0.5]:.3f} at τ = 0.5 and {gaps[0.05]:.3f} at τ = 0.05: looser when τ is low")
 
 
-# ---------------------------------------------------------------- the gap between (16) and (23)
+# ---------------------------------------------------------------- exercise 4.2: eq. (23)
 
-def check_prior_centering_gap(answer: Any, z: Tensor, w: Tensor, tau: float) -> bool:
-    """The mean ``KL(q_(16) ‖ q_(23))`` over samples between the inverse-prior teacher (prior from
-    the same rows) and centering, both at temperature ``τ``: a scalar."""
-    z, w, tau = _inputs(z, w, tau)
-    expected = theory.prior_centering_gap(z, w, tau)
-    got = as_answer(torch.as_tensor(answer).reshape(()) if _is_single_number(answer) else answer, expected)
-    if isinstance(got, str):
-        return verdict(False, got)
-    if close(got, expected):
-        return verdict(True, f"the gap at τ = {tau} is {float(got):.5f} nats per sample.")
-    scores = z @ w.T
-    exact = theory.prior_teacher_from_logits(scores, tau)
-    centred = theory.centering_teacher(scores, tau)
-    if close(got, theory.kl_divergence(centred, exact)):
-        return verdict(False, "you computed KL(centering ‖ inverse prior); the gap is measured as "
-                              "KL(inverse prior ‖ centering), the exact teacher first.")
-    if close(got, theory.kl_divergence(exact, centred) * z.shape[0]):
-        return verdict(False, "you summed over the samples; take the mean (eq. 2 has 1/N).")
-    if bool(got < 0):
-        return verdict(False, "a K-L divergence is never negative; check the order of the log ratio.")
-    return verdict(False, f"expected {float(expected):.5f}, got {float(got):.5f}.")
+def _centering_mistakes() -> list[Mistake]:
+    centre = lambda logits: logits.mean(0)  # noqa: E731
+    return [
+        (lambda logits, tau: theory.softmax_with_temperature(logits, tau),
+         "this is the plain softmax: nothing was centred. (Subtracting a per-sample, row, mean changes "
+         "nothing: a softmax ignores a constant added to every k.) Subtract each cluster's mean logit "
+         "over the samples, c_k = mean_x l_k(x) (dim 0)"),
+        (lambda logits, tau: theory.softmax_with_temperature(logits + centre(logits), tau),
+         "wrong sign: subtract the centre c_k = mean_x l_k(x), do not add it"),
+        (lambda logits, tau: (logits - centre(logits)).softmax(-1),
+         "divide the centred logits by the temperature τ before the softmax"),
+        (lambda logits, tau: ((logits - centre(logits)) * tau).softmax(-1),
+         "divide by τ, do not multiply"),
+        (lambda logits, tau: ((logits - centre(logits)) / tau).softmax(0),
+         "the softmax runs over the clusters (dim 1): each sample's q(x) sums to one"),
+    ]
 
 
-def _is_single_number(answer: Any) -> bool:
-    try:
-        return torch.as_tensor(answer).numel() == 1
-    except (TypeError, ValueError, RuntimeError):
-        return False
+def check_centering_teacher(student_centering: Callable[..., Any]) -> bool:
+    """Exercise 4.2: ``student_centering(logits, tau)`` returns eq. (23),
+    ``q_k(x) = softmax_k((l_k(x) - c_k)/τ)`` with ``c_k`` the mean of logit ``k`` over the samples
+    (``c_k = w_k·z̄``, eq. 21), shape ``(N, K)``."""
+    z, w = embeddings_and_weights(8, 5, 6, seed=42)
+    logits = z @ w.T
+    for tau in (0.5, 0.04):
+        answer, problem = call_student(student_centering, logits, tau)
+        if answer is None:
+            return report(False, problem)
+        expected = theory.centering_teacher(logits, tau)
+        if tuple(answer.shape) != tuple(expected.shape):
+            return report(False, check_probability_rows(answer, tuple(expected.shape)) or "")
+        if not torch.allclose(answer, expected, atol=1e-9):
+            hint = diagnose(answer, expected, _centering_mistakes(), (logits, tau), atol=1e-9)
+            problem = check_probability_rows(answer, tuple(expected.shape))
+            return report(False, f"τ = {tau}: " + (hint or problem or first_difference(answer, expected)))
+    return report(True, "q = softmax((l - mean_x l)/τ) (eq. 23): DINO's centering, with the mean "
+                  "over the batch where DINO keeps a running average")
+
+
+# ---------------------------------------------------------------- exercise 4.3: the gap (16) vs (23)
+
+def _gap_mistakes() -> list[Mistake]:
+    def teachers(z: Tensor, w: Tensor, tau: float) -> tuple[Tensor, Tensor]:
+        scores = z @ w.T
+        return theory.prior_teacher_from_logits(scores, tau), theory.centering_teacher(scores, tau)
+
+    return [
+        (lambda z, w, tau: theory.kl_divergence(*reversed(teachers(z, w, tau))),
+         "you computed KL(centering ‖ inverse prior); the gap is KL(inverse prior ‖ centering), "
+         "the exact teacher (16) first"),
+        (lambda z, w, tau: theory.kl_divergence(*teachers(z, w, tau)) * z.shape[0],
+         "you summed over the samples; take the mean (eq. 2 has a factor 1/N)"),
+        (lambda z, w, tau: -theory.kl_divergence(*teachers(z, w, tau)),
+         "the sign is flipped: a K-L divergence is never negative, Σ q log(q/p)"),
+        (lambda z, w, tau: theory.kl_divergence(theory.inverse_prior_teacher(
+            theory.sphere_posterior(z, w, tau)), theory.sphere_posterior(z, w, tau)),
+         "you compared the inverse-prior teacher with the plain student softmax (6); compare it with "
+         "the centering teacher (23)"),
+    ]
+
+
+def check_prior_centering_gap(student_gap: Callable[..., Any]) -> bool:
+    """Exercise 4.3: ``student_gap(z, w, tau)`` returns the mean over samples of
+    ``KL(q_(16) ‖ q_(23))``, the inverse-prior teacher (prior from the same rows, eq. 15/17) against
+    centering (23), both at temperature ``τ``: one number."""
+    z, w = embeddings_and_weights(40, 5, 6, seed=43)
+    for tau in (0.3, 0.05):
+        answer, problem = call_student(student_gap, z, w, tau)
+        if answer is None:
+            return report(False, problem)
+        if answer.numel() == z.shape[0]:
+            return report(False, f"you returned one value per sample (shape {tuple(answer.shape)}); "
+                          "return their mean, one number")
+        if answer.numel() != 1:
+            return report(False, f"return one number, not a tensor of shape {tuple(answer.shape)}")
+        answer = answer.reshape(())
+        expected = theory.prior_centering_gap(z, w, tau)
+        if not torch.allclose(answer, expected, atol=1e-9):
+            hint = diagnose(answer, expected, _gap_mistakes(), (z, w, tau), atol=1e-9)
+            return report(False, f"τ = {tau}: " + (hint or f"you gave {float(answer):.6g}, the library "
+                                                    f"gives {float(expected):.6g}"))
+    high, low = (float(theory.prior_centering_gap(z, w, tau)) for tau in (0.3, 0.05))
+    return report(True, f"the gap is {high:.4f} nats at τ = 0.3 and {low:.4f} at τ = 0.05: centering "
+                  "approximates the inverse-prior teacher closely at high temperature, loosely at low")
