@@ -28,7 +28,7 @@ from klteach.train import Trainer, TrainConfig
 def klteach_frame(stack: list[traceback.FrameSummary]) -> str:
     """``file:line function`` of the innermost frame inside the klteach package."""
     for frame in reversed(stack):
-        if "klteach" in frame.filename and "gpu_sync_check" not in frame.filename:
+        if Path(frame.filename).parent.name == "klteach":   # a module of the package itself
             return f"{Path(frame.filename).name}:{frame.lineno} {frame.name}"
     return "outside klteach"
 
