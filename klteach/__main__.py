@@ -3,6 +3,7 @@
 ``train`` runs one configuration and writes ``DIR/config.json``, ``DIR/metrics.jsonl`` and
 ``DIR/checkpoint.pt``; ``demo`` trains on digits with every normaliser and prints which collapse;
 ``bench`` measures training throughput and memory for a named configuration.
+On several GPUs (or CPU processes): ``torchrun --nproc-per-node N -m klteach train ...``.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 import time
 from typing import Sequence
 
+from .dist import is_main
 from .train import TrainConfig, Trainer, TrainingError
 
 DEMO_STEPS = 1000
@@ -67,6 +69,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     trainer.run(progress=True)
     last = trainer.history[-1]
+    if not is_main():   # under torchrun only rank 0 reports
+        return 0
     print(f"done: {trainer.step_count} steps in {time.perf_counter() - start:.1f} s; " +
           ", ".join(f"{k}={_fmt(v)}" for k, v in last.items() if k != "step"))
     if args.out:
@@ -128,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {"train": cmd_train, "demo": cmd_demo, "bench": cmd_bench}
     try:
         return commands[args.command](args)
-    except (ValueError, FileNotFoundError, TrainingError) as error:
+    except (ValueError, OSError, TrainingError) as error:   # OSError: missing, unreadable or not a folder
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -12,24 +12,33 @@ One step:
 
 Settings in :data:`LIVE_SETTINGS` can be changed with :meth:`Trainer.set` while a run goes on;
 they take effect at the next step (the widgets rely on this).
+
+Reliability: a step is all or nothing (Ctrl-C waits for it to end; a failed step is undone), so
+a run always stops at a step boundary; checkpoints hold everything needed to continue
+bit-identically on a CPU and are written atomically. Under ``torchrun`` each process takes a
+disjoint share of every global batch (see :mod:`klteach.dist`).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
 import math
 import os
+import signal
+import sys
 import threading
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, Callable, Iterator
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from . import data as data_lib
-from . import metrics, theory
+from . import dist, metrics, theory
 from .augment import augmentation_for
 from .models import build_model
 from .normalisers import (NORMALISERS, batch_standardise, check_momentum, check_normaliser,
@@ -41,6 +50,14 @@ LIVE_SETTINGS = ("normaliser", "tau_student", "tau_teacher", "momentum", "lam", 
 """Settings :meth:`Trainer.set` applies at the next step without restarting the run."""
 RESTART_SETTINGS = ("clusters", "dataset", "seed", "arch", "dim", "batch_size")
 """Settings that rebuild the model and restart the run when changed with :meth:`Trainer.set`."""
+NAN_CHECK_EVERY = 50
+"""On a GPU the loss is checked for NaN/Inf every this many steps (each check waits for the GPU)."""
+CHECKPOINT_KEYS = ("config", "step", "student", "teacher", "optimiser", "normaliser", "generator",
+                   "torch_rng", "epoch_order", "last_loss", "history", "events")
+"""What a checkpoint must contain (see :meth:`Trainer.state`)."""
+COMPATIBLE_KEYS = ("clusters", "dim", "arch", "dataset", "normaliser", "learnable_prototypes",
+                   "centred_prototypes")
+"""Settings a checkpoint must share with the trainer that loads it (they shape the model and its state)."""
 
 
 class TrainingError(RuntimeError):
@@ -122,16 +139,48 @@ def _check_int(value: Any, name: str, minimum: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when a GPU is present, else the CPU."""
+    """``auto`` picks CUDA when a GPU is present, else the CPU; under ``torchrun`` each process
+    takes the GPU of its ``LOCAL_RANK``."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None and dist.env_world_size() > 1:
+        device = torch.device("cuda", dist.local_rank())
+    return device
+
+
+def check_batch_size(batch_size: int, dataset: data_lib.Dataset) -> None:
+    """Raise ``ValueError`` unless ``batch_size`` fits the training set and splits evenly over
+    the processes (each takes an equal share of every batch)."""
+    n_train = dataset.train.shape[0]
+    if batch_size > n_train:
+        raise ValueError(f"batch_size {batch_size} is larger than the dataset "
+                         f"{dataset.name!r} ({n_train} training samples)")
+    if batch_size % dist.world_size():
+        raise ValueError(f"batch_size {batch_size} must be divisible by the number of processes "
+                         f"({dist.world_size()}): each takes an equal share of every batch")
 
 
 def cross_view_loss(q_views: list[Tensor], log_p_views: list[Tensor]) -> Tensor:
     """Eq. (3)/(11) between *different* views: each teacher view supervises the other student view."""
     pairs = [(qi, lpj) for i, qi in enumerate(q_views) for j, lpj in enumerate(log_p_views) if i != j]
     return sum(theory.cross_entropy(q, lp) for q, lp in pairs) / len(pairs)
+
+
+class StudentLogP(nn.Module):
+    """The student's ``log p`` of eq. (6) as one module call, so that ``DistributedDataParallel``
+    (which only sees ``forward``) covers every parameter that gets a gradient."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, tau: float, standardise: bool = False) -> Tensor:
+        """``log softmax(w·z/τ)``; with ``standardise`` the embeddings are batch-normalised first (§5)."""
+        z = self.model.embed(x)
+        if standardise:
+            z = batch_standardise(z)
+        return (z @ self.model.prototypes.unit_weights.T / tau).log_softmax(-1)
 
 
 class Trainer:
@@ -144,8 +193,13 @@ class Trainer:
         config = dataclasses.replace(config or TrainConfig(), **overrides)
         self.config = validate_config(config)
         self.device = resolve_device(config.device)
-        self.dataset = (data.to(self.device) if data is not None else
-                        data_lib.load_dataset(config.dataset, device=self.device, data_dir=config.data_dir))
+        dist.init_from_env(self.device)
+        if data is not None:
+            self.dataset = data.to(self.device)
+        else:
+            with dist.main_process_first():   # rank 0 downloads/extracts, the others then read
+                self.dataset = data_lib.load_dataset(config.dataset, device=self.device,
+                                                     data_dir=config.data_dir)
         self.history: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
         self._pending: dict[str, Any] = {}
@@ -156,9 +210,7 @@ class Trainer:
     def _build(self) -> None:
         cfg = self.config
         n_train = self.dataset.train.shape[0]
-        if cfg.batch_size > n_train:
-            raise ValueError(f"batch_size {cfg.batch_size} is larger than the dataset "
-                             f"{self.dataset.name!r} ({n_train} training samples)")
+        check_batch_size(cfg.batch_size, self.dataset)
         if cfg.epochs is not None:
             self.config.steps = math.ceil(cfg.epochs * n_train / cfg.batch_size)
         torch.manual_seed(cfg.seed)
@@ -175,13 +227,19 @@ class Trainer:
                                    centred_prototypes=cfg.centred_prototypes).to(self.device)
         if self.device.type == "cuda" and self.dataset.kind == "images":
             self.student = self.student.to(memory_format=torch.channels_last)
+        self.student = dist.sync_batchnorm(self.student, self.device)   # batch statistics of the global batch
         self.teacher = copy.deepcopy(self.student).requires_grad_(False)
         self.optimiser = torch.optim.AdamW(self.student.parameters(), lr=cfg.lr,
                                            weight_decay=cfg.weight_decay)
+        self.student_log_p: nn.Module = StudentLogP(self.student)
+        if dist.is_distributed():   # averages the gradients of all processes in backward()
+            self.student_log_p = nn.parallel.DistributedDataParallel(
+                self.student_log_p, device_ids=[self.device] if self.device.type == "cuda" else None)
         self.normaliser = self._make_normaliser()
         self.step_count = 0
         self.epoch_order = torch.empty(0, dtype=torch.long, device=self.device)
         self.last_loss = float("nan")
+        self._loss_tensor: Tensor | None = None
         self.forward = torch.compile(self._loss) if cfg.compile else self._loss
 
     def _make_normaliser(self):
@@ -197,23 +255,32 @@ class Trainer:
         unknown = [k for k in changes if not hasattr(self.config, k)]
         if unknown:
             raise ValueError(f"unknown setting(s) {unknown}; live settings are {', '.join(LIVE_SETTINGS)}")
-        validate_config(dataclasses.replace(self.config, **changes))
+        config = validate_config(dataclasses.replace(self.config, **changes))
+        if "dataset" not in changes:
+            check_batch_size(config.batch_size, self.dataset)
         with self._lock:
             self._pending.update(changes)
 
     def _apply_pending(self) -> None:
+        """Apply the settings queued by :meth:`set`; if that fails (e.g. a new dataset cannot be
+        loaded) the changes are dropped and nothing else changes."""
         with self._lock:
             changes, self._pending = self._pending, {}
         if not changes:
             return
         restart = any(k in RESTART_SETTINGS and v != getattr(self.config, k) for k, v in changes.items())
+        config = dataclasses.replace(self.config, **changes)
+        dataset = self.dataset
+        if restart and config.dataset != self.config.dataset:
+            with dist.main_process_first():
+                dataset = data_lib.load_dataset(config.dataset, device=self.device, data_dir=config.data_dir)
+        if restart:
+            check_batch_size(config.batch_size, dataset)
         old_normaliser = self.config.normaliser
-        self.config = dataclasses.replace(self.config, **changes)
+        self.config = config
         self.events.append({"step": self.step_count, "changes": changes, "restart": restart})
         if restart:
-            if "dataset" in changes:
-                self.dataset = data_lib.load_dataset(self.config.dataset, device=self.device,
-                                                     data_dir=self.config.data_dir)
+            self.dataset = dataset
             self.history.clear()
             self._build()
             return
@@ -226,7 +293,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ the step
     def _next_batch(self) -> Tensor:
-        """Indices of the next batch: a fresh random permutation every epoch, no sample twice."""
+        """The next global batch: a fresh random permutation every epoch, no sample twice.
+        Every process draws the same permutation (same seed), so they agree on the batch."""
         b = self.config.batch_size
         if self.epoch_order.numel() < b:
             perm = torch.randperm(self.dataset.train.shape[0], generator=self.generator,
@@ -237,10 +305,7 @@ class Trainer:
 
     def _student_log_p(self, x: Tensor) -> Tensor:
         """``log p`` of eq. (6) at the student temperature (optionally batch-normalised: §5)."""
-        z = self.student.embed(x)
-        if self.config.student_batchnorm:
-            z = batch_standardise(z)
-        return (z @ self.student.prototypes.unit_weights.T / self.config.tau_student).log_softmax(-1)
+        return self.student_log_p(x, self.config.tau_student, self.config.student_batchnorm)
 
     @torch.no_grad()
     def _teacher_q(self, x: Tensor) -> Tensor:
@@ -257,44 +322,103 @@ class Trainer:
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
 
     def step(self) -> float:
-        """One optimisation step of the student and one update of the teacher. Returns the loss."""
-        self._apply_pending()
+        """One optimisation step of the student and one update of the teacher. Returns the loss
+        (under ``torchrun``: the mean over processes; on a GPU: the last one fetched, see ``run``).
+
+        A step is all or nothing. Ctrl-C during it is held until it ends; if it fails (a NaN
+        loss, an error) everything it changed is put back, so the trainer stays at step n."""
+        with hold_interrupts():
+            self._apply_pending()
+            undo = self._undo_point()
+            try:
+                loss, global_loss = self._loss_of_next_batch()
+                self.optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+            except BaseException:
+                self._roll_back(undo)
+                raise
+            self.optimiser.step()
+            self.step_count += 1
+            self._update_teacher()
+            self._loss_tensor = global_loss
+            if self.device.type == "cpu":
+                self.last_loss = float(global_loss)
+        return self.last_loss
+
+    def _loss_of_next_batch(self) -> tuple[Tensor, Tensor]:
+        """Draw a batch, make two views, and return this process's loss and its mean over processes."""
         cfg = self.config
         if cfg.prior == "full" and cfg.normaliser == "inverse-prior" and self._prior_due():
             self.normaliser.set_full_prior(self.estimate_full_prior())
         self._set_lr()
         x = self._next_batch()
+        # every process augments the whole global batch with the shared generator, then keeps its
+        # share: the random streams stay identical on all processes (one checkpoint fits all) and
+        # N processes compute what one process computes for the same global batch
         view_a, view_b = self.augment(x, self.generator), self.augment(x, self.generator)
+        view_a, view_b = dist.shard(view_a), dist.shard(view_b)
         if self.device.type == "cuda" and x.dim() == 4:
             view_a = view_a.contiguous(memory_format=torch.channels_last)
             view_b = view_b.contiguous(memory_format=torch.channels_last)
         self.student.train()
+        self.teacher.train()     # the teacher, like the student, uses batch statistics in training
         self.normaliser.train()
         with self._autocast():
             loss = self.forward(view_a, view_b)
-        self._check_finite(loss)
+        global_loss = dist.all_mean(loss.detach())
+        self._check_finite(global_loss)
+        return loss, global_loss
+
+    def _undo_point(self) -> dict[str, Any]:
+        """What a step changes before its optimiser update, kept so that a failed step can be undone."""
+        return {"generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+                "epoch_order": self.epoch_order,
+                "buffers": [b.detach().clone() for b in self._buffers()],
+                "lr": [group["lr"] for group in self.optimiser.param_groups]}
+
+    def _roll_back(self, undo: dict[str, Any]) -> None:
+        """Put back what :meth:`_undo_point` kept: the trainer is as it was before the step."""
+        self.generator.set_state(undo["generator"])
+        torch.set_rng_state(undo["torch_rng"])
+        if undo["cuda_rng"] is not None:
+            torch.cuda.set_rng_state(undo["cuda_rng"], self.device)
+        self.epoch_order = undo["epoch_order"]
+        with torch.no_grad():
+            for buffer, saved in zip(self._buffers(), undo["buffers"]):
+                buffer.copy_(saved)
+        for group, lr in zip(self.optimiser.param_groups, undo["lr"]):
+            group["lr"] = lr
         self.optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimiser.step()
-        self.step_count += 1
-        self._update_teacher()
-        self._loss_tensor = loss.detach()
-        if self.device.type == "cpu":
-            self.last_loss = float(self._loss_tensor)
-        return self.last_loss
+
+    def _buffers(self) -> list[Tensor]:
+        """State a forward pass changes in place: batch-norm statistics, running prior, centre."""
+        return [*self.student.buffers(), *self.teacher.buffers(), *self.normaliser.buffers()]
 
     def _check_finite(self, loss: Tensor) -> None:
         """Stop on a NaN/Inf loss, naming the step and the likely cause (checked every step on a
-        CPU; on a GPU every 50 steps, so the step never waits for the device otherwise)."""
-        if self.device.type != "cpu" and self.step_count % 50:
+        CPU; on a GPU every :data:`NAN_CHECK_EVERY` steps, so the step never waits for the device
+        otherwise). Under ``torchrun`` ``loss`` is the mean over processes, so all stop together."""
+        if self.device.type != "cpu" and self.step_count % NAN_CHECK_EVERY:
             return
         if bool(torch.isfinite(loss)):
             return
+        raise TrainingError(self._non_finite_message(float(loss)))
+
+    def _non_finite_message(self, value: float) -> str:
         cfg = self.config
-        cause = (f"temperatures too low (tau_student={cfg.tau_student}, tau_teacher={cfg.tau_teacher})"
-                 if min(cfg.tau_student, cfg.tau_teacher) < 0.02 else f"learning rate too high (lr={cfg.lr})")
-        raise TrainingError(f"loss became {float(loss.detach())} at step {self.step_count}; likely cause: "
-                            f"{cause}. The last good checkpoint (if any) is kept.")
+        if not all(bool(torch.isfinite(p).all()) for p in self.student.parameters()):
+            cause = "the student's weights are already NaN/Inf (an earlier step diverged)"
+        elif self.dataset.train.is_floating_point() and not bool(torch.isfinite(self.dataset.train).all()):
+            cause = "the training data contains NaN/Inf values"
+        elif min(cfg.tau_student, cfg.tau_teacher) < 0.02:
+            cause = f"temperatures too low (tau_student={cfg.tau_student}, tau_teacher={cfg.tau_teacher})"
+        else:
+            cause = f"learning rate too high (lr={cfg.lr})"
+        where = "" if self.device.type == "cpu" else (
+            f" (on a GPU the loss is checked every {NAN_CHECK_EVERY} steps: it may have diverged earlier)")
+        return (f"loss became {value} at step {self.step_count}{where}; likely cause: {cause}. "
+                "The last good checkpoint (if any) is kept.")
 
     def _prior_due(self) -> bool:
         every = self.config.prior_every or max(1, self.dataset.train.shape[0] // self.config.batch_size)
@@ -341,14 +465,20 @@ class Trainer:
 
     @torch.no_grad()
     def estimate_full_prior(self) -> Tensor:
-        """Eq. (15): ``π_k = (1/N) Σ_x p_k(x)`` over the whole training set, with the teacher."""
-        _, z = self.embed_all(self.teacher, self.dataset.train)
-        return theory.cluster_prior(theory.sphere_posterior(
-            z, self.teacher.prototypes.unit_weights.float(), self.config.tau_teacher))
+        """Eq. (15): ``π_k = (1/N) Σ_x p_k(x)`` over the whole training set, with the teacher.
+        Under ``torchrun`` each process embeds every ``world_size``-th image and the means are combined."""
+        _, z = self.embed_all(self.teacher, self.dataset.train[dist.rank()::dist.world_size()])
+        p = theory.sphere_posterior(z, self.teacher.prototypes.unit_weights.float(), self.config.tau_teacher)
+        return dist.global_mean(p) if dist.is_distributed() else theory.cluster_prior(p)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
-        """Collapse diagnostics, KL(teacher‖student), kNN accuracy and NMI/ARI on held-out data."""
+        """Collapse diagnostics, KL(teacher‖student), kNN accuracy and NMI/ARI on held-out data
+        (computed by this process alone, also under ``torchrun``)."""
+        with dist.local_only():
+            return self._evaluate()
+
+    def _evaluate(self) -> dict[str, Any]:
         cfg, ds = self.config, self.dataset
         bank = ds.train[: cfg.eval_size]
         feats_bank, _ = self.embed_all(self.student, bank)
@@ -380,25 +510,33 @@ class Trainer:
             progress: bool = False, should_stop: Callable[[], bool] | None = None) -> list[dict]:
         """Take ``steps`` steps (default: the rest of ``config.steps``), evaluating every
         ``eval_every`` steps and at the end; ``callback(metrics)`` sees each evaluation.
-        ``should_stop()`` is polled between steps (Ctrl-C and Pause stop there too)."""
+
+        Stopping happens between steps: when ``should_stop()`` returns True, on Ctrl-C (a second
+        Ctrl-C aborts at once, still at a step boundary, without the final evaluation) or when a
+        callback raises ``KeyboardInterrupt``. The run then evaluates and writes its checkpoint
+        as at the end. Under ``torchrun`` all processes stop at the same step; only rank 0
+        shows progress and writes files."""
         steps = self.config.steps - self.step_count if steps is None else steps
-        bar = _progress_bar(steps, progress)
+        bar = _progress_bar(steps, progress and dist.is_main())
         out = Path(self.config.out) if self.config.out else None
-        if out:
+        if out and dist.is_main():
             out.mkdir(parents=True, exist_ok=True)
             write_json_atomic(out / "config.json", self.config.to_dict())
+        interrupt = StopOnInterrupt()
         try:
-            for _ in range(max(0, steps)):
-                if should_stop and should_stop():
-                    break
-                loss = self.step()
-                bar.update(1)
-                every = self.config.eval_every
-                if every and self.step_count % every == 0:
-                    self._record(callback, out, bar)
-                bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+            with interrupt:
+                for _ in range(max(0, steps)):
+                    if dist.any_rank(interrupt.requested or bool(should_stop and should_stop())):
+                        break
+                    loss = self.step()
+                    bar.update(1)
+                    every = self.config.eval_every
+                    if every and self.step_count % every == 0:
+                        self._record(callback, out, bar)
+                    bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
         except KeyboardInterrupt:
-            pass
+            if interrupt.aborted:
+                raise
         finally:
             bar.close()
         if not self.history or self.history[-1]["step"] != self.step_count:
@@ -406,14 +544,18 @@ class Trainer:
         return self.history
 
     def _record(self, callback, out: Path | None, bar) -> None:
-        if self.device.type != "cpu":
+        """Evaluate (rank 0; every process gets the result), then write the checkpoint and
+        ``metrics.jsonl`` (rank 0), then call ``callback``. A NaN loss is never checkpointed."""
+        if self._loss_tensor is not None:
             self.last_loss = float(self._loss_tensor)
-        result = self.evaluate()
+        if self.step_count and not math.isfinite(self.last_loss):
+            raise TrainingError(self._non_finite_message(self.last_loss))
+        result = dist.broadcast_object(self.evaluate() if dist.is_main() else None)
         self.history.append(result)
-        if out:
-            with open(out / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(result) + "\n")
-            self.save_checkpoint(out / "checkpoint.pt")
+        if out and dist.is_main():
+            with hold_interrupts():   # Ctrl-C waits until both files are written
+                self.save_checkpoint(out / "checkpoint.pt")
+                write_jsonl_atomic(out / "metrics.jsonl", self.history)
         if bar is not None:
             bar.set_postfix(eff=f"{result['effective_clusters']:.1f}", refresh=False)
         if callback:
@@ -421,58 +563,190 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:
-        """Everything needed to continue the run exactly where it stands."""
-        return {"config": self.config.to_dict(), "step": self.step_count,
-                "student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
-                "optimiser": self.optimiser.state_dict(), "normaliser": self.normaliser.state_dict(),
-                "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
-                "epoch_order": self.epoch_order, "last_loss": self.last_loss,
-                "history": self.history, "events": self.events}
+        """Everything needed to continue the run exactly where it stands, as CPU copies:
+        models, optimiser, normaliser state (running/whole-set prior, centre), every random
+        state, the rest of this epoch's order, the step, settings (also those not yet applied),
+        history and events."""
+        return _cpu_copy({
+            "config": self.config.to_dict(), "step": self.step_count,
+            "model": type(self.student.backbone).__name__,
+            "student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
+            "optimiser": self.optimiser.state_dict(), "normaliser": self.normaliser.state_dict(),
+            "generator": self.generator.get_state(), "generator_device": self.device.type,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "epoch_order": self.epoch_order, "last_loss": self.last_loss,
+            "history": self.history, "events": self.events, "pending": dict(self._pending)})
 
     def save_checkpoint(self, path: str | os.PathLike) -> Path:
-        """Write :meth:`state` atomically: a temporary file, then a rename."""
+        """Write :meth:`state` atomically: a temporary file, then a rename. If writing fails the
+        previous checkpoint at ``path`` is untouched and no temporary file is left."""
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.state(), tmp)
-        os.replace(tmp, path)
+        state = self.state()
+        write_file_atomic(path, lambda file: torch.save(state, file))
         return path
 
     @classmethod
     def resume(cls, path: str | os.PathLike, **overrides: Any) -> "Trainer":
-        """Rebuild a trainer from a checkpoint written by :meth:`save_checkpoint`."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no checkpoint at {path}")
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        trainer = cls(TrainConfig(**state["config"]), **overrides)
+        """Rebuild a trainer from a checkpoint written by :meth:`save_checkpoint`; ``overrides``
+        (e.g. ``steps=``, ``out=``, ``data=``) are passed to the constructor."""
+        state = read_checkpoint(path)
+        try:
+            config = TrainConfig(**state["config"])
+        except TypeError as error:
+            raise ValueError(f"{path}: the checkpoint's settings do not fit this version of klteach "
+                             f"({error})") from None
+        trainer = cls(config, **overrides)
         trainer.load_state(state)
         return trainer
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state`; a checkpoint from a different model shape is refused clearly."""
+        missing = [key for key in CHECKPOINT_KEYS if key not in state]
+        if missing:
+            raise ValueError(f"not a klteach checkpoint: it lacks {', '.join(missing)}")
         cfg = state["config"]
-        for key in ("clusters", "dim", "arch", "dataset", "normaliser", "learnable_prototypes"):
-            if cfg.get(key) != getattr(self.config, key):
+        for key in COMPATIBLE_KEYS:
+            if key in cfg and cfg[key] != getattr(self.config, key):
                 raise ValueError(f"checkpoint is incompatible: it has {key}={cfg.get(key)!r}, "
                                  f"this run has {key}={getattr(self.config, key)!r}")
-        self.student.load_state_dict(state["student"])
-        self.teacher.load_state_dict(state["teacher"])
-        self.optimiser.load_state_dict(state["optimiser"])
-        self.normaliser.load_state_dict(state["normaliser"])
-        self.generator.set_state(state["generator"])
+        model = type(self.student.backbone).__name__
+        if state.get("model", model) != model:
+            raise ValueError(f"checkpoint is incompatible: its model is a {state['model']}, this run "
+                             f"builds a {model} (arch={self.config.arch!r} on {self.device.type})")
+        try:
+            self.student.load_state_dict(state["student"])
+            self.teacher.load_state_dict(state["teacher"])
+            self.optimiser.load_state_dict(state["optimiser"])
+            self.normaliser.load_state_dict(state["normaliser"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise ValueError(f"checkpoint is incompatible with this model: {error}") from None
+        if state.get("generator_device", "cpu") == self.device.type:
+            self.generator.set_state(state["generator"])
+        else:
+            warnings.warn(f"checkpoint was written on {state['generator_device']}, this run is on "
+                          f"{self.device.type}: the augmentation random stream restarts from the seed",
+                          stacklevel=2)
+            self.generator.manual_seed(self.config.seed + state["step"])
         torch.set_rng_state(state["torch_rng"])
+        if self.device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.epoch_order = state["epoch_order"].to(self.device)
         self.step_count = state["step"]
         self.last_loss = state["last_loss"]
+        self._loss_tensor = None
         self.history = list(state["history"])
         self.events = list(state["events"])
+        with self._lock:
+            self._pending = dict(state.get("pending", {}))
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint file (tensors and plain data only), or raise a clear error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for truncated or foreign files
+        raise ValueError(f"{path} is not a readable checkpoint (truncated or corrupt?): "
+                         f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
+    if not isinstance(state, dict) or "config" not in state:
+        raise ValueError(f"{path} is not a klteach checkpoint (no settings in it)")
+    return state
+
+
+def _cpu_copy(obj: Any) -> Any:
+    """``obj`` with every tensor replaced by a CPU copy (dicts, lists and tuples are walked)."""
+    if isinstance(obj, Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {key: _cpu_copy(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(value) for value in obj)
+    return copy.deepcopy(obj)
+
+
+# ---------------------------------------------------------------------- interrupts and files
+@contextlib.contextmanager
+def hold_interrupts() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block ends, then deliver it to the handler that was in place
+    (by default: ``KeyboardInterrupt`` right after the block). The block runs to its end.
+    Signals only reach the main thread, so elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[Any] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    for frame in held:   # only when the block succeeded; an error stops the caller anyway
+        _deliver_sigint(previous, frame)
+
+
+def _deliver_sigint(handler: Any, frame: Any) -> None:
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    elif handler == signal.SIG_DFL:
+        signal.raise_signal(signal.SIGINT)
+    elif handler != signal.SIG_IGN:
+        raise KeyboardInterrupt
+
+
+class StopOnInterrupt:
+    """Within ``run()``: the first Ctrl-C asks the loop to stop at the next step boundary
+    (``requested``); a second raises ``KeyboardInterrupt`` (``aborted``). Main thread only."""
+
+    def __init__(self) -> None:
+        self.requested = self.aborted = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "StopOnInterrupt":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            self.aborted = True
+            raise KeyboardInterrupt
+        self.requested = True
+        if dist.is_main():
+            print("\nCtrl-C: stopping after this step (press again to abort at once)", file=sys.stderr)
+
+
+def write_file_atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Write ``path`` through a temporary file in the same folder and a rename: readers see the
+    old file or the new one, never half of one. If ``write`` fails the temporary file is removed."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON to ``path`` via a temporary file and a rename, so it is never half-written."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    write_file_atomic(path, lambda file: file.write(json.dumps(obj, indent=2).encode()))
+
+
+def write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write one JSON object per line, atomically (the whole file is rewritten each time, so it
+    always matches the checkpoint's history, also after a resume)."""
+    write_file_atomic(path, lambda file: file.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
 
 
 def _progress_bar(total: int, enabled: bool):
@@ -488,4 +762,5 @@ def train(**kwargs: Any) -> Trainer:
 
 
 __all__ = ["TrainConfig", "Trainer", "TrainingError", "train", "validate_config", "LIVE_SETTINGS",
-           "RESTART_SETTINGS", "NORMALISERS", "cross_view_loss", "resolve_device"]
+           "RESTART_SETTINGS", "NORMALISERS", "cross_view_loss", "resolve_device", "check_batch_size",
+           "read_checkpoint", "hold_interrupts", "write_file_atomic", "write_json_atomic"]
