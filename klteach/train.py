@@ -224,7 +224,7 @@ class Trainer:
         self.student = build_model(arch, tuple(self.dataset.train.shape[1:]), cfg.clusters,
                                    dim=cfg.dim, hidden=256 if small_input else 512,
                                    learnable_prototypes=cfg.learnable_prototypes,
-                                   centred_prototypes=cfg.centred_prototypes).to(self.device)
+                                   centred_prototypes=cfg.centred_prototypes).to(self.device, torch.float32)
         if self.device.type == "cuda" and self.dataset.kind == "images":
             self.student = self.student.to(memory_format=torch.channels_last)
         self.student = dist.sync_batchnorm(self.student, self.device)   # batch statistics of the global batch
@@ -245,7 +245,7 @@ class Trainer:
     def _make_normaliser(self):
         cfg = self.config
         return make_normaliser(cfg.normaliser, cfg.clusters, cfg.lam, cfg.prior,
-                               cfg.prior_momentum, cfg.center_momentum).to(self.device)
+                               cfg.prior_momentum, cfg.center_momentum).to(self.device, torch.float32)
 
     # ------------------------------------------------------------------ live settings
     def set(self, **changes: Any) -> None:
@@ -355,7 +355,7 @@ class Trainer:
         # every process augments the whole global batch with the shared generator, then keeps its
         # share: the random streams stay identical on all processes (one checkpoint fits all) and
         # N processes compute what one process computes for the same global batch
-        view_a, view_b = self.augment(x, self.generator), self.augment(x, self.generator)
+        view_a, view_b = self.augment(x, self.generator).float(), self.augment(x, self.generator).float()
         view_a, view_b = dist.shard(view_a), dist.shard(view_b)
         if self.device.type == "cuda" and x.dim() == 4:
             view_a = view_a.contiguous(memory_format=torch.channels_last)

@@ -48,6 +48,17 @@ WEIGHT_TOLERANCE = 5e-3
 (measured: up to 7.5e-4)."""
 
 
+@pytest.fixture(autouse=True)
+def one_thread_float32():
+    """Like the workers: one thread, float32 defaults (test_theory sets float64 when imported)."""
+    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
+    torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float32)
+    yield
+    torch.set_num_threads(threads)
+    torch.set_default_dtype(dtype)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -198,7 +209,6 @@ def test_global_batchnorm_equals_batchnorm_over_the_combined_batch(ranks):
 @pytest.mark.parametrize("case", TRAINER_CASES)
 def test_two_processes_match_one_process_with_the_same_global_batch(ranks, case):
     results, _ = ranks
-    torch.set_num_threads(1)
     single = trainer_run(TRAINER_CASES[case])
     two = [r["trainer"][case] for r in results]
     assert two[0]["losses"] == two[1]["losses"]                 # the loss is the mean over processes

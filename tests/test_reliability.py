@@ -17,12 +17,15 @@ from klteach.train import TrainConfig, Trainer, TrainingError
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """The networks are tiny: one thread is faster than two fighting for a busy machine."""
-    before = torch.get_num_threads()
+def one_thread_float32():
+    """The networks are tiny: one thread is faster than two fighting for a busy machine. Float32
+    defaults, whatever another test module set (test_theory sets float64 when it is imported)."""
+    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
     torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float32)
     yield
-    torch.set_num_threads(before)
+    torch.set_num_threads(threads)
+    torch.set_default_dtype(dtype)
 
 
 def toy(**kw):
@@ -441,3 +444,14 @@ def test_missing_truncated_and_foreign_checkpoint_files_are_clear_errors(tmp_pat
     torch.save({"config": {"clusters": 8, "temperature": 3}}, path)
     with pytest.raises(ValueError, match="settings do not fit this version.*temperature"):
         Trainer.resume(path)
+
+
+def test_a_checkpoint_from_another_kind_of_device_resumes_with_a_warning():
+    trainer = toy(eval_every=0)
+    trainer.step()
+    state = trainer.state()
+    state["generator_device"], state["generator"] = "cuda", torch.zeros(16, dtype=torch.uint8)
+    other = toy(eval_every=0)
+    with pytest.warns(UserWarning, match="written on cuda, this run is on cpu: the augmentation random stream"):
+        other.load_state(state)
+    assert other.step_count == 1 and math.isfinite(other.step())
