@@ -64,7 +64,7 @@ def knn_accuracy(train_z: Tensor, train_y: Tensor, test_z: Tensor, test_y: Tenso
     correct = 0
     for start in range(0, test_z.shape[0], chunk):
         sims, idx = (test_z[start:start + chunk] @ train_z.T).topk(k, dim=-1)
-        votes = torch.zeros(sims.shape[0], classes, device=sims.device)
+        votes = torch.zeros(sims.shape[0], classes, device=sims.device, dtype=sims.dtype)
         votes.scatter_add_(1, train_y[idx].long(), (sims / temperature).exp())
         correct += int((votes.argmax(-1) == test_y[start:start + chunk].to(votes.device)).sum())
     return correct / test_z.shape[0]

@@ -9,7 +9,15 @@ from scipy.special import logsumexp, softmax
 
 from klteach import theory
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64_default():
+    """Exact comparisons in float64, restored afterwards so other test files keep float32."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 @pytest.fixture
