@@ -2,8 +2,8 @@
 
 Two collapses threaten clustering SSL (see ``paper/equations.md``, "A note on temperatures"):
 
-- **one cluster**: every sample goes to the same cluster; the entropy of the *mean*
-  assignment falls, so the effective number of clusters drops towards 1;
+- **one cluster**: every sample goes to the same cluster (or to a handful); the entropy of the
+  *mean* assignment falls, so the effective number of clusters drops towards 1;
 - **uniform**: every sample's assignment goes flat; the *mean per-sample* entropy rises
   towards ``log K`` while the mean assignment looks perfectly balanced.
 """
@@ -17,8 +17,9 @@ from torch import Tensor
 
 from .theory import cluster_prior, entropy
 
-ONE_CLUSTER_THRESHOLD = 1.5
-"""Effective clusters at or below this: collapsed to one cluster."""
+ONE_CLUSTER_THRESHOLD = 3.0
+"""At most this many effective clusters (fewer for small K, see :func:`one_cluster_threshold`):
+collapsed to one cluster, or to a handful of them."""
 UNIFORM_THRESHOLD = 0.9
 """Mean per-sample entropy above this fraction of ``log K``: collapsed to the uniform output."""
 
@@ -43,9 +44,15 @@ def embedding_std(z: Tensor) -> float:
     return float(torch.nn.functional.normalize(z.float(), dim=-1).std(0).mean())
 
 
+def one_cluster_threshold(clusters: int) -> float:
+    """Effective clusters at or below which K clusters count as collapsed: ``min(3, 1 + K/10)``
+    (3 for K = 20, 1.8 for K = 8, 1.2 for K = 2)."""
+    return min(ONE_CLUSTER_THRESHOLD, 1.0 + clusters / 10)
+
+
 def collapse_state(effective: float, mean_ent: float, clusters: int) -> str:
     """``"one-cluster"``, ``"uniform"`` or ``"healthy"``, from the two diagnostics above."""
-    if effective <= ONE_CLUSTER_THRESHOLD:
+    if effective <= one_cluster_threshold(clusters):
         return "one-cluster"
     if mean_ent >= UNIFORM_THRESHOLD * math.log(clusters):
         return "uniform"
