@@ -132,3 +132,28 @@ def test_cli_bad_input_is_one_clear_line_not_a_traceback(args, message):
     done = run_cli("train", "--steps", "1", *args)
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_digits_none_collapses_while_inverse_prior_and_centering_beat_kmeans():
+    """Issue 2's claim on digits, K = 20, 1000 steps: without a normaliser the teacher collapses;
+    inverse priors and centering keep >= 10 effective clusters and an NMI at least k-means'."""
+    from sklearn.cluster import KMeans
+
+    from klteach.data import load_dataset
+    from klteach.metrics import cluster_scores
+
+    digits = load_dataset("digits")
+    flat = lambda x: x.reshape(len(x), -1).float().numpy()                       # noqa: E731
+    kmeans = KMeans(20, n_init=10, random_state=0).fit(flat(digits.train))
+    kmeans_nmi = cluster_scores(torch.as_tensor(kmeans.predict(flat(digits.test))), digits.test_labels)["nmi"]
+    final = {}
+    for name in ("none", "inverse-prior", "centering"):
+        trainer = Trainer(TrainConfig(dataset="digits", normaliser=name, clusters=20, steps=1000,
+                                      eval_every=0, device="cpu", seed=0), data=digits)
+        trainer.run()
+        final[name] = trainer.history[-1]
+    assert final["none"]["effective_clusters"] <= 3, final["none"]
+    for name in ("inverse-prior", "centering"):
+        assert final[name]["effective_clusters"] >= 10, final[name]
+        assert final[name]["nmi"] >= kmeans_nmi, (name, final[name]["nmi"], kmeans_nmi)
