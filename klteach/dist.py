@@ -22,7 +22,7 @@ import torch.distributed as torch_dist
 from torch import Tensor, nn
 
 _local_only = False
-_control_group = None
+_control_group: tuple[Any, Any] | None = None   # (the process group it belongs to, the gloo group)
 
 
 def is_distributed() -> bool:
@@ -76,12 +76,14 @@ def _destroy() -> None:
 
 
 def _control() -> Any:
-    """A gloo group for small host-side agreements (stop flags), so they never wait for a GPU."""
+    """A gloo group for small host-side agreements (stop flags), so they never wait for a GPU.
+    Made once per process group (every process must create it at the same point)."""
     global _control_group
-    if _control_group is None:
-        backend = torch_dist.get_backend()
-        _control_group = torch_dist.group.WORLD if backend == "gloo" else torch_dist.new_group(backend="gloo")
-    return _control_group
+    world = torch_dist.group.WORLD
+    if _control_group is None or _control_group[0] is not world:
+        gloo = torch_dist.get_backend() == "gloo"
+        _control_group = (world, world if gloo else torch_dist.new_group(backend="gloo"))
+    return _control_group[1]
 
 
 @contextlib.contextmanager

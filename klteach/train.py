@@ -681,9 +681,14 @@ def hold_interrupts() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        _restore_sigint(previous)
     for frame in held:   # only when the block succeeded; an error stops the caller anyway
         _deliver_sigint(previous, frame)
+
+
+def _restore_sigint(handler: Any) -> None:
+    # None: the handler was not installed from Python; the default is the closest we can restore
+    signal.signal(signal.SIGINT, signal.SIG_DFL if handler is None else handler)
 
 
 def _deliver_sigint(handler: Any, frame: Any) -> None:
@@ -700,17 +705,19 @@ class StopOnInterrupt:
     (``requested``); a second raises ``KeyboardInterrupt`` (``aborted``). Main thread only."""
 
     def __init__(self) -> None:
-        self.requested = self.aborted = False
+        self.requested = self.aborted = self._installed = False
         self._previous: Any = None
 
     def __enter__(self) -> "StopOnInterrupt":
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._installed = True
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        if self._installed:
+            _restore_sigint(self._previous)
+            self._installed = False
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:
