@@ -22,6 +22,7 @@ import torch
 
 from klteach.augment import CIFAR_AUGMENT, augment_per_image_reference
 from klteach.data import load_dataset
+from klteach.bench import cpu_model
 
 RESULT = Path(__file__).resolve().parent / "results" / "augment_cpu.json"
 
@@ -40,17 +41,6 @@ def interleaved_seconds(runs: dict, repeats: int) -> dict[str, list[float]]:
             run()
             times[name].append(time.perf_counter() - start)
     return times
-
-
-def cpu_description() -> str:
-    """The CPU model from /proc/cpuinfo when available, else ``platform.processor()``."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -98,7 +88,7 @@ def main() -> None:
                  "descheduled thread)") if load_before > (os.cpu_count() or 1) else "machine idle",
         "torch": torch.__version__,
         "nproc": os.cpu_count(),
-        "cpu": cpu_description(),
+        "cpu": cpu_model(),
         "processor": platform.processor(),
         "platform": platform.platform(),
         "python": platform.python_version(),

@@ -35,19 +35,9 @@ import torch
 from klteach.data import Dataset, load_dataset
 from klteach.normalisers import NORMALISERS
 from klteach.train import TrainConfig, Trainer
+from klteach.bench import cpu_model
 
 RESULT = Path(__file__).resolve().parent / "results" / "cifar_sample_cpu.json"
-
-
-def cpu_description() -> str:
-    """The CPU model from /proc/cpuinfo when available, else ``platform.processor()``."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def git_commit() -> str | None:
@@ -66,7 +56,7 @@ def git_commit() -> str | None:
 def hardware(device: str, threads: int) -> dict:
     """Where the numbers came from."""
     gpu = torch.cuda.get_device_name() if device == "cuda" else None
-    return {"device": device, "gpu": gpu, "cpu": cpu_description(), "nproc": os.cpu_count(),
+    return {"device": device, "gpu": gpu, "cpu": cpu_model(), "nproc": os.cpu_count(),
             "torch_threads": threads, "torch": torch.__version__, "python": platform.python_version(),
             "platform": platform.platform()}
 
