@@ -478,10 +478,19 @@ class Trainer:
         with dist.local_only():
             return self._evaluate()
 
+    def knn_bank_indices(self) -> Tensor:
+        """A fixed random subset of ``eval_size`` training samples for the kNN reference set.
+        Random, not the first ones: image folders are stored class by class, so the first
+        2000 CIFAR-sample images hold only two classes. Seeded apart from the training RNG, so
+        evaluating never changes training."""
+        n = self.dataset.train.shape[0]
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+        return order[: self.config.eval_size].to(self.dataset.train.device)
+
     def _evaluate(self) -> dict[str, Any]:
         cfg, ds = self.config, self.dataset
-        bank = ds.train[: cfg.eval_size]
-        feats_bank, _ = self.embed_all(self.student, bank)
+        bank = self.knn_bank_indices()
+        feats_bank, _ = self.embed_all(self.student, ds.train[bank])
         feats_test, z_student = self.embed_all(self.student, ds.test)
         _, z_teacher = self.embed_all(self.teacher, ds.test)
         w = self.student.prototypes.unit_weights.float()
@@ -494,11 +503,12 @@ class Trainer:
                                   "embedding_std": metrics.embedding_std(z_student),
                                   "normaliser": cfg.normaliser}
         if ds.test_labels is not None and ds.train_labels is not None:
-            result["knn_accuracy"] = metrics.knn_accuracy(feats_bank, ds.train_labels[: cfg.eval_size],
+            result["knn_accuracy"] = metrics.knn_accuracy(feats_bank, ds.train_labels[bank],
                                                           feats_test, ds.test_labels)
             result.update(metrics.cluster_scores(p.argmax(-1), ds.test_labels))
         return result
 
+    @torch.no_grad()
     def assignments(self, images: Tensor | None = None) -> Tensor:
         """The student's posterior (eq. 6) on ``images`` (default: the test set)."""
         _, z = self.embed_all(self.student, self.dataset.test if images is None else images)

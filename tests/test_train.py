@@ -157,3 +157,14 @@ def test_digits_none_collapses_while_inverse_prior_and_centering_beat_kmeans():
     for name in ("inverse-prior", "centering"):
         assert final[name]["effective_clusters"] >= 10, final[name]
         assert final[name]["nmi"] >= kmeans_nmi, (name, final[name]["nmi"], kmeans_nmi)
+
+
+def test_knn_reference_set_covers_every_class_even_when_the_data_is_stored_class_by_class():
+    trainer = toy(eval_size=500)
+    by_class = trainer.dataset.train_labels.argsort(stable=True)          # sorted like an image folder
+    trainer.dataset.train = trainer.dataset.train[by_class]
+    trainer.dataset.train_labels = trainer.dataset.train_labels[by_class]
+    assert trainer.dataset.train_labels[:500].unique().numel() < 8          # the old first-500 bank
+    bank = trainer.knn_bank_indices()
+    assert bank.numel() == 500 and trainer.dataset.train_labels[bank].unique().numel() == 8
+    assert not trainer.assignments().requires_grad
