@@ -113,6 +113,8 @@ class Panel:
         ``self.layers``: inside a ``batch_update`` the figure still shows the old ones)."""
         for item in shapes + annotations:
             item["name"] = self.name
+        if self.layers.get(self.name) == (shapes, annotations):
+            return                                        # unchanged: send nothing
         self.layers[self.name] = (shapes, annotations)
         self.fig.layout.shapes = [s for own, _ in self.layers.values() for s in own]
         self.fig.layout.annotations = [a for _, own in self.layers.values() for a in own]
@@ -262,10 +264,12 @@ class CollapsePanel(Panel):
         with self._batch():
             curves[0].x, curves[0].y = np.asarray(steps), np.asarray(effective)
             curves[1].x, curves[1].y = np.asarray(steps), np.asarray(entropy)
-            self.fig.layout[self._axis("y")].update(range=[0, clusters * 1.05],
-                                                   title=f"effective clusters (K={clusters})")
-            self.fig.layout[self._axis("y", True)].update(range=[0, log_k * 1.05],
-                                                         title="entropy [nats]")
+            if getattr(self, "_axes_for", None) != clusters:         # only when K changes
+                self._axes_for = clusters
+                self.fig.layout[self._axis("y")].update(range=[0, clusters * 1.05],
+                                                       title=f"effective clusters (K={clusters})")
+                self.fig.layout[self._axis("y", True)].update(range=[0, log_k * 1.05],
+                                                             title="entropy [nats]")
             self._own(shapes, notes)
 
 

@@ -83,6 +83,8 @@ MONITOR_DEFAULTS: dict[str, dict[str, int]] = {
 
 EMBEDDING_POINTS = 300
 """Most points drawn in the embedding view."""
+EMBEDDING_EVERY = 3
+"""While training, the embedding view (the costliest to draw) follows every third redraw."""
 
 CONTROLLED = ("dataset", "normaliser", "clusters", "tau_student", "tau_teacher", "lam", "momentum")
 """Settings with a control in the dashboard."""
@@ -141,6 +143,8 @@ def describe_changes(changes: dict[str, Any]) -> str:
 
 RENDER_CHECKS_S = (6.0, 15.0, 30.0)
 """Seconds after display at which :class:`FigureSlots` looks for figures left blank."""
+ACK_TIMEOUT_S = 3.0
+"""Longest wait for the browser to confirm a figure update before the next one is sent anyway."""
 
 
 class FigureSlots:
@@ -155,6 +159,10 @@ class FigureSlots:
     them back (plotly's ``_js2py_traceDeltas``). A figure that never reported, in a page that is
     alive (the ``sentinel`` widget displayed next to it has a view: ipywidgets' ``_view_count``),
     is replaced, one figure per check, at most twice. Headless runs (no views) are left alone.
+
+    The same reports pace the updates (:meth:`ready`, :meth:`sent`): a figure is sent its next
+    update only once the browser has drawn the previous one (or ``ACK_TIMEOUT_S`` passed), so a
+    slow browser never builds a backlog and the plots never lag behind the training.
     """
 
     def __init__(self, figures: dict[str, go.FigureWidget], lock: threading.Lock,
@@ -167,6 +175,8 @@ class FigureSlots:
         self._lock = lock
         self._on_put = on_put
         self._rendered: set[int] = set()
+        self._sent_at: dict[int, float] = {}
+        self._drawn_at: dict[int, float] = {}
         self._repairs: dict[str, int] = {}
         self._watching = False
         for name, fig in figures.items():
@@ -187,6 +197,19 @@ class FigureSlots:
     def _drawn(self, key: int, change: dict) -> None:
         if change["new"] and change["new"].get("trace_deltas"):
             self._rendered.add(key)
+            self._drawn_at[key] = time.monotonic()
+
+    def ready(self, name: str) -> bool:
+        """May figure ``name`` be sent an update now? Yes unless its browser view has not yet
+        drawn the last one (headless, or before the first drawing: always yes)."""
+        key = id(self.figures[name])
+        sent = self._sent_at.get(key)
+        return (key not in self._rendered or sent is None or self._drawn_at.get(key, 0.0) >= sent
+                or time.monotonic() - sent > ACK_TIMEOUT_S)
+
+    def sent(self, name: str) -> None:
+        """Note that figure ``name`` was just sent an update."""
+        self._sent_at[id(self.figures[name])] = time.monotonic()
 
     def blank(self) -> list[str]:
         """Names of figures shown in a live page that have not drawn their traces."""
@@ -257,6 +280,7 @@ class TrainingDashboard:
         self._draw_lock = threading.Lock()
         self._syncing = False
         self._last_refresh = 0.0
+        self._draws = 0
         self._rate = (time.perf_counter(), 0)
         self._steps_per_second = 0.0
         self._build_widgets()
@@ -567,28 +591,36 @@ class TrainingDashboard:
     # ---------------------------------------------------------------- drawing
     def _maybe_refresh(self) -> None:
         if time.perf_counter() - self._last_refresh >= self.refresh_interval:
-            self.refresh()
+            self.refresh(force=False)
 
-    def refresh(self) -> None:
-        """Redraw every figure, the status line and the alarm from the latest measurements."""
+    def refresh(self, force: bool = True) -> None:
+        """Redraw the figure, the status line and the alarm from the latest measurements. Unless
+        ``force``, the figure is skipped while the browser is still drawing the previous update
+        (:meth:`FigureSlots.ready`) and the 3-D/PCA embedding is redrawn every third time only."""
         with self._draw_lock:
             self._last_refresh = time.perf_counter()
-            c, k, p = self.curves, self.trainer.config.clusters, self.panels
             if self._three_d != (self.trainer.config.dim == 3):     # the dataset changed the view
                 self._new_figure()
-                p = self.panels
-            with self.figure.batch_update():                         # one message per redraw
-                p["collapse"].update(k, c.steps, c.effective, c.entropy, c.events)
-                p["loss"].update(plots.thin(c.loss_steps), plots.thin(c.loss), c.steps, c.kl)
-                p["quality"].update(c.quality_steps, c.knn, c.nmi)
-                snap = self._snapshot
-                if snap is not None:
-                    p["cluster_sizes"].update(theory.cluster_prior(snap.p), theory.cluster_prior(snap.q))
+                force = True
+            if force or self.slots.ready("dashboard"):
+                self._draw(embedding=force or self._draws % EMBEDDING_EVERY == 0)
+                self.slots.sent("dashboard")
+            self._show_status()
+            self.alarm.value = self._alarm_html()
+
+    def _draw(self, embedding: bool) -> None:
+        c, k, p, snap = self.curves, self.trainer.config.clusters, self.panels, self._snapshot
+        self._draws += 1
+        with self.figure.batch_update():                         # one message per redraw
+            p["collapse"].update(k, c.steps, c.effective, c.entropy, c.events)
+            p["loss"].update(plots.thin(c.loss_steps), plots.thin(c.loss), c.steps, c.kl)
+            p["quality"].update(c.quality_steps, c.knn, c.nmi)
+            if snap is not None:
+                p["cluster_sizes"].update(theory.cluster_prior(snap.p), theory.cluster_prior(snap.q))
+                if embedding:
                     shown = slice(0, EMBEDDING_POINTS)
                     p["embedding"].update(snap.z[shown], snap.w, snap.p[shown].argmax(-1),
                                           None if snap.labels is None else snap.labels[shown])
-            self._show_status()
-            self.alarm.value = self._alarm_html()
 
     def _show_status(self) -> None:
         if self.error is not None and not self.running:
