@@ -13,8 +13,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-PRIOR_FLOOR = 1e-6
-"""Smallest cluster prior used in a division (eq. 16): empty clusters must not divide by zero."""
+PRIOR_FLOOR = 1e-12
+"""Smallest cluster prior used in a division (eq. 16): empty clusters must not divide by zero.
+Small on purpose, since the floor also caps how hard (16) pulls samples into an emptied cluster."""
 
 
 def check_temperature(tau: float, name: str = "tau") -> float:
