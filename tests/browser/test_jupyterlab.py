@@ -128,7 +128,8 @@ def test_chapter_2_dashboard_takes_a_normaliser_switch_mid_run(lab, browser):
     page, dashboard = lab_ui.open_and_run_all(browser, lab, CHAPTER.name, timeout_s=400,
                                               failure_shot=ARTIFACTS / "failed-chapter-2-open.png")
     with screenshot_on_failure(page, "chapter-2"):
-        switch_normaliser_while_running(page, dashboard, "none", "inverse-prior", "jupyterlab-chapter-2")
+        # the chapter leaves its dashboard on `none` after a switch to inverse-prior: switch to a new one
+        switch_normaliser_while_running(page, dashboard, "none", "centering", "jupyterlab-chapter-2")
         errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
         assert errors.count() == 0, errors.first.inner_text()
     page.close()
