@@ -68,6 +68,9 @@ def find_curves(obj, source: str, context: dict | None = None, label: str = "") 
             context["hardware"] = describe_hardware(obj["hardware"])
         if isinstance(obj.get("note"), str) and "shared" in obj["note"]:
             context["shared"] = True
+        config = obj.get("config")
+        if isinstance(config, dict) and isinstance(config.get("dataset"), str):   # cifar_sample_cpu.py
+            context["dataset"] = config["dataset"]
         for key in ("hardware", "dataset", "device", "normaliser"):
             if isinstance(obj.get(key), str):
                 context[key] = obj[key]
