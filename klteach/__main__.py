@@ -1,19 +1,21 @@
 """Command line: ``python -m klteach {train,demo,bench} ...``.
 
 ``train`` runs one configuration and writes ``DIR/config.json``, ``DIR/metrics.jsonl`` and
-``DIR/checkpoint.pt``; ``demo`` trains on digits with every normaliser and prints which collapse;
+``DIR/checkpoint.pt`` (``train --out DIR --resume`` continues it from that checkpoint); ``demo`` trains on digits with every normaliser and prints which collapse;
 ``bench`` measures training throughput and memory for a named configuration.
 On several GPUs (or CPU processes): ``torchrun --nproc-per-node N -m klteach train ...``.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
+from pathlib import Path
 from typing import Sequence
 
 from .dist import is_main
-from .train import TrainConfig, Trainer, TrainingError
+from .train import TrainConfig, Trainer, TrainingError, read_checkpoint
 
 DEMO_STEPS = 1000
 
@@ -62,10 +64,44 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**values)
 
 
+RESUME_SETTINGS = ("steps", "epochs", "out")
+"""What ``train --resume`` may change; every other setting comes from the checkpoint."""
+
+
+def resumed_trainer(args: argparse.Namespace) -> Trainer:
+    """The run saved in ``args.out/checkpoint.pt``, continued to ``--steps`` (or ``--epochs``) in all.
+
+    Flags other than ``--steps``/``--epochs``/``--out`` that differ from the checkpoint's settings are refused
+    (a resumed run with, say, another normaliser would not be the same run)."""
+    if not args.out:
+        raise ValueError("--resume needs --out DIR, the folder that holds checkpoint.pt")
+    path = Path(args.out) / "checkpoint.pt"
+    saved = read_checkpoint(path)["config"]
+    asked = config_from_args(args)
+    defaults = config_from_args(build_parser().parse_args(["train"]))
+    conflicts = [f"--{field.name.replace('_', '-')}={getattr(asked, field.name)!r} (the checkpoint has "
+                 f"{saved.get(field.name)!r})" for field in dataclasses.fields(TrainConfig)
+                 if field.name not in RESUME_SETTINGS and field.name in saved
+                 and getattr(asked, field.name) != getattr(defaults, field.name)
+                 and getattr(asked, field.name) != saved[field.name]]
+    if conflicts:
+        raise ValueError("--resume continues the saved run with its own settings; only --steps, "
+                         f"--epochs and --out may change, but these differ from it: {', '.join(conflicts)}")
+    trainer = Trainer.resume(path, steps=args.steps, epochs=args.epochs, out=args.out)
+    if trainer.step_count >= trainer.config.steps:
+        raise ValueError(f"--resume: the checkpoint is already at step {trainer.step_count}; ask for "
+                         f"more with --steps or --epochs (that makes {trainer.config.steps} steps)")
+    return trainer
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
-    config.out = args.out
-    trainer = Trainer(config)
+    if args.resume:
+        trainer = resumed_trainer(args)
+        print(f"resuming {args.out} at step {trainer.step_count} of {trainer.config.steps}")
+    else:
+        config = config_from_args(args)
+        config.out = args.out
+        trainer = Trainer(config)
     start = time.perf_counter()
     trainer.run(progress=True)
     last = trainer.history[-1]
@@ -114,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train one configuration")
     _add_train_flags(train, TrainConfig())
     train.add_argument("--out", default=None, help="directory for config.json, metrics.jsonl, checkpoint.pt")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run saved in --out DIR up to --steps (or --epochs) in all; "
+                            "a stopped run continues bit for bit")
     demo = sub.add_parser("demo", help="digits with every normaliser: which collapse?")
     demo.add_argument("--clusters", "-K", type=int, default=20)
     demo.add_argument("--steps", type=int, default=DEMO_STEPS)

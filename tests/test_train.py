@@ -122,6 +122,24 @@ def test_cli_train_writes_config_metrics_and_checkpoint(tmp_path):
     assert (out / "checkpoint.pt").is_file()
 
 
+def test_cli_resume_continues_a_run_exactly_and_refuses_changed_settings(tmp_path):
+    common = ["train", "--dataset", "toy", "--clusters", "8", "--eval-every", "10", "--batch-size", "64",
+              "--device", "cpu"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert run_cli(*common, "--steps", "40", "--out", str(straight)).returncode == 0
+    assert run_cli(*common, "--steps", "20", "--out", str(resumed)).returncode == 0
+    done = run_cli(*common, "--steps", "40", "--out", str(resumed), "--resume")
+    assert done.returncode == 0, done.stderr
+    assert "resuming" in done.stdout and "at step 20 of 40" in done.stdout
+    rows = lambda run: (run / "metrics.jsonl").read_text().splitlines()   # noqa: E731
+    assert rows(resumed) == rows(straight)                 # the same four evaluations, bit for bit
+    changed = run_cli("train", "--out", str(resumed), "--resume", "--steps", "60", "--normaliser", "centering")
+    assert changed.returncode == 2
+    assert "--normaliser='centering' (the checkpoint has 'inverse-prior')" in changed.stderr
+    assert run_cli("train", "--out", str(resumed), "--resume", "--steps", "40").returncode == 2
+    assert "no checkpoint at" in run_cli("train", "--out", str(tmp_path / "none"), "--resume").stderr
+
+
 @pytest.mark.parametrize("args, message", [
     (["--tau-teacher", "0"], "tau_teacher must be a positive"),
     (["--clusters", "1"], "clusters (K) must be an integer >= 2"),
