@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ast
 import datetime
-import json
 import os
 import sys
 import time

@@ -860,8 +860,6 @@ def jensen_gap_explorer(clusters: int = 8, dim: int = 16, samples: int = 1000, s
     points, _, means = make_toy_sphere(samples, dim=dim, components=clusters, spread=0.6, seed=seed)
     points, means = points.double(), means.double()
     noise = torch.randn(samples, 1, generator=generator, dtype=torch.float64)
-    w_random = torch.nn.functional.normalize(torch.randn(clusters, dim, generator=generator,
-                                                         dtype=torch.float64), dim=1)
     taus = np.logspace(-2, 1, 31)
     controls = {
         "tau": widgets.FloatLogSlider(value=0.1, base=10, min=-2, max=1, step=0.05,

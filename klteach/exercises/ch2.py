@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .. import theory
-from .ch1 import Mistake, call_student, check_probability_rows, diagnose, first_difference, report
+from .checking import Mistake, call_student, check_probability_rows, diagnose, first_difference, report
 
 __all__ = ["check_kl_divergence", "check_gradient_z", "check_unregularised_teacher", "check_ema_teacher"]
 

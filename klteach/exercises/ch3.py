@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .. import theory
-from .ch1 import Mistake, call_student, check_probability_rows, diagnose, first_difference, report
+from .checking import Mistake, call_student, check_probability_rows, diagnose, first_difference, report
 
 __all__ = ["check_cluster_prior", "check_inverse_prior_teacher", "check_objective_gradient"]
 

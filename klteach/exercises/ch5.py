@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .. import metrics, theory
-from .ch1 import call_student, report
+from .checking import call_student, report
 
 __all__ = ["check_effective_clusters", "check_knn_accuracy"]
 

@@ -21,7 +21,7 @@ from torch.nn.functional import normalize
 from .. import theory
 from ..models import Prototypes
 from ..normalisers import sinkhorn_knopp
-from .ch1 import Mistake, call_student, check_probability_rows, diagnose, first_difference, report
+from .checking import Mistake, call_student, check_probability_rows, diagnose, first_difference, report
 
 __all__ = ["check_centred_weights", "check_sinkhorn", "check_temperature_for_dimension"]
 
