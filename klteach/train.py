@@ -286,6 +286,8 @@ class Trainer:
             return
         if self.config.normaliser != old_normaliser or "prior" in changes:
             self.normaliser = self._make_normaliser()
+            if self.config.normaliser == "inverse-prior" and self.config.prior == "full":
+                self.normaliser.set_full_prior(self.estimate_full_prior())   # not uniform until due
         if "lam" in changes and hasattr(self.normaliser, "lam"):
             self.normaliser.lam = float(self.config.lam)
         for group in self.optimiser.param_groups:

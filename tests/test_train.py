@@ -107,6 +107,18 @@ def test_metrics_have_the_documented_fields():
     assert 1 <= result["effective_clusters"] <= 8
 
 
+def test_switching_to_the_whole_set_prior_mid_run_estimates_it_at_once():
+    trainer = toy(normaliser="none", steps=50)
+    for _ in range(5):
+        trainer.step()
+    trainer.set(normaliser="inverse-prior", prior="full")
+    trainer.step()                          # step 6: not a re-estimation step (every 2000 // 64 = 31)
+    assert not trainer._prior_due()
+    uniform = torch.full((8,), 1 / 8)
+    assert not torch.allclose(trainer.normaliser.full_prior, uniform, atol=1e-3), trainer.normaliser.full_prior
+    torch.testing.assert_close(trainer.normaliser.full_prior.sum(), torch.tensor(1.0))
+
+
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "klteach", *args], capture_output=True, text=True, timeout=300)
 
