@@ -19,6 +19,7 @@ import io
 import numbers
 import os
 import pickle
+import sys
 import tarfile
 import tempfile
 import urllib.request
@@ -32,6 +33,8 @@ from torch import Tensor
 DATASETS = ("toy", "digits", "cifar10", "cifar10-sample")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 REPO_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+INSTALLED_DATA_DIR = Path(sys.prefix) / "share" / "klteach" / "data"
+"""Where ``pip install .`` (not editable) puts the shipped sample (pyproject's data-files)."""
 SAMPLE_ARCHIVE = "cifar10-sample.tar.xz"
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
@@ -290,10 +293,11 @@ def load_image_folder(root: str | os.PathLike) -> Dataset:
 def load_cifar10_sample(data_dir: str | os.PathLike | None = None) -> Dataset:
     """The shipped 12,000-image CIFAR-10 sample (1000 train + 200 test per class, real images).
 
-    Read from ``data_dir/cifar10-sample.tar.xz`` when present, else the repository's ``data/``.
+    Read from ``data_dir/cifar10-sample.tar.xz`` when present, else the repository's ``data/``
+    (a clone or an editable install), else ``<prefix>/share/klteach/data`` (``pip install .``).
     """
     candidates = [Path(data_dir)] if data_dir is not None else []
-    candidates.append(REPO_DATA_DIR)
+    candidates += [REPO_DATA_DIR, INSTALLED_DATA_DIR]
     for folder in candidates:
         archive = folder / SAMPLE_ARCHIVE
         if archive.is_file():

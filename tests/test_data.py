@@ -258,3 +258,29 @@ def test_dataset_repr_is_short():
     text = repr(load_dataset("toy"))
     assert "toy" in text and "(2000, 3)" in text and len(text) < 200
     assert isinstance(load_dataset("toy").to("cpu"), Dataset)
+
+
+def test_a_plain_pip_install_ships_the_cifar_sample_where_the_loader_looks(tmp_path):
+    """``pip install .`` (not editable) has no repository ``data/``: the wheel must carry the
+    sample to ``<prefix>/share/klteach/data``, the loader's last candidate."""
+    pytest.importorskip("setuptools")
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    from klteach.data import INSTALLED_DATA_DIR, SAMPLE_ARCHIVE
+
+    repo, source = Path(__file__).resolve().parents[1], tmp_path / "source"    # build a copy: no build/ in the repo
+    shutil.copytree(repo / "klteach", source / "klteach", ignore=shutil.ignore_patterns("__pycache__"))
+    (source / "data").mkdir()
+    for name in ("pyproject.toml", "README.md", f"data/{SAMPLE_ARCHIVE}"):
+        shutil.copy(repo / name, source / name)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                            "-w", str(tmp_path / "wheel"), str(source)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "wheel").glob("klteach-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    shipped = [n for n in names if n.endswith(f"share/klteach/data/{SAMPLE_ARCHIVE}")]
+    assert shipped, names
+    assert INSTALLED_DATA_DIR.parts[-3:] == ("share", "klteach", "data")
