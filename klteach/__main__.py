@@ -1,8 +1,9 @@
 """Command line: ``python -m klteach {train,demo,bench} ...``.
 
 ``train`` runs one configuration and writes ``DIR/config.json``, ``DIR/metrics.jsonl`` and
-``DIR/checkpoint.pt`` (``train --out DIR --resume`` continues it from that checkpoint); ``demo`` trains on digits with every normaliser and prints which collapse;
-``bench`` measures training throughput and memory for a named configuration.
+``DIR/checkpoint.pt`` (``train --out DIR --resume`` continues it from that checkpoint);
+``demo`` trains on digits with every normaliser and prints which collapse; ``bench`` measures
+training throughput and memory for a named configuration.
 On several GPUs (or CPU processes): ``torchrun --nproc-per-node N -m klteach train ...``.
 """
 from __future__ import annotations
@@ -69,10 +70,10 @@ RESUME_SETTINGS = ("steps", "epochs", "out")
 
 
 def resumed_trainer(args: argparse.Namespace) -> Trainer:
-    """The run saved in ``args.out/checkpoint.pt``, continued to ``--steps`` (or ``--epochs``) in all.
+    """The run saved in ``args.out/checkpoint.pt``, continued to ``--steps`` (or ``--epochs``).
 
-    Flags other than ``--steps``/``--epochs``/``--out`` that differ from the checkpoint's settings are refused
-    (a resumed run with, say, another normaliser would not be the same run)."""
+    Flags other than ``--steps``/``--epochs``/``--out`` that differ from the checkpoint's
+    settings are refused: a resumed run with, say, another normaliser would not be the same run."""
     if not args.out:
         raise ValueError("--resume needs --out DIR, the folder that holds checkpoint.pt")
     path = Path(args.out) / "checkpoint.pt"
