@@ -20,7 +20,7 @@ from klteach import dist
 from klteach.normalisers import NORMALISERS, batch_standardise, make_normaliser
 from klteach.train import Trainer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread_float32")]
 
 WORLD = 2
 STEPS = 4
@@ -45,17 +45,6 @@ differs by 5e-6."""
 WEIGHT_TOLERANCE = 5e-3
 """Relative difference ``|a - b| / |b|`` of every weight and normaliser buffer after STEPS steps
 (measured: up to 7.5e-4)."""
-
-
-@pytest.fixture(autouse=True)
-def one_thread_float32():
-    """Like the workers: one thread, float32 defaults (test_theory sets float64 when imported)."""
-    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
-    torch.set_num_threads(1)
-    torch.set_default_dtype(torch.float32)
-    yield
-    torch.set_num_threads(threads)
-    torch.set_default_dtype(dtype)
 
 
 def free_port() -> int:

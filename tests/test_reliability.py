@@ -16,16 +16,7 @@ from klteach.normalisers import NORMALISERS
 from klteach.train import TrainConfig, Trainer, TrainingError
 
 
-@pytest.fixture(autouse=True)
-def one_thread_float32():
-    """The networks are tiny: one thread is faster than two fighting for a busy machine. Float32
-    defaults, whatever another test module set (test_theory sets float64 when it is imported)."""
-    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
-    torch.set_num_threads(1)
-    torch.set_default_dtype(torch.float32)
-    yield
-    torch.set_num_threads(threads)
-    torch.set_default_dtype(dtype)
+pytestmark = pytest.mark.usefixtures("one_thread_float32")   # tests/conftest.py
 
 
 def toy(**kw):

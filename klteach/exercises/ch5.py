@@ -35,6 +35,21 @@ def _scalar(answer: Tensor, what: str) -> float | str:
     return value
 
 
+def _student_scalars(function: Callable[..., Any], cases: list[tuple], what: str) -> list[float] | str:
+    """The student's answer on every case as one finite float each, or the message saying
+    what went wrong on the first case that failed."""
+    values = []
+    for case in cases:
+        answer, problem = call_student(function, *case)
+        if answer is None:
+            return problem
+        value = _scalar(answer, what)
+        if isinstance(value, str):
+            return value
+        values.append(value)
+    return values
+
+
 def _diagnose_scalar(values: list[float], cases: list[tuple], expected: list[float],
                      mistakes: list[ScalarMistake], rel: float = 1e-6) -> str | None:
     """The message of the first mistake that reproduces the student's value on EVERY case and
@@ -87,16 +102,11 @@ def check_effective_clusters(student_effective_clusters: Callable[..., Any]) -> 
     """Exercise 5.1: ``student_effective_clusters(p)`` returns ``exp(H(π))`` with
     ``π = (1/N) Σ_x p(x)`` (eq. 8/15) for a posterior ``p`` of shape ``(N, K)``: one number."""
     cases = assignment_cases()
-    values, expected = [], []
-    for p in cases:
-        answer, problem = call_student(student_effective_clusters, p)
-        if answer is None:
-            return report(False, problem)
-        value = _scalar(answer, "the effective number of clusters")
-        if isinstance(value, str):
-            return report(False, value)
-        values.append(value)
-        expected.append(metrics.effective_clusters(p))
+    values = _student_scalars(student_effective_clusters, [(p,) for p in cases],
+                              "the effective number of clusters")
+    if isinstance(values, str):
+        return report(False, values)
+    expected = [metrics.effective_clusters(p) for p in cases]
     if all(math.isclose(v, e, rel_tol=1e-6) for v, e in zip(values, expected)):
         return report(True, "exp(H(π)) = " + ", ".join(f"{e:.2f}" for e in expected) +
                       f" of K = {cases[0].shape[1]} for unequal clusters, an almost-collapsed model and "
@@ -154,16 +164,10 @@ def check_knn_accuracy(student_knn_accuracy: Callable[..., Any]) -> bool:
     (unit-normalise both sides), the ``k`` most similar training samples vote for their label with
     weight ``exp(sim / temperature)``, the label with the largest total wins."""
     cases = knn_cases()
-    values, expected = [], []
-    for case in cases:
-        answer, problem = call_student(student_knn_accuracy, *case)
-        if answer is None:
-            return report(False, problem)
-        value = _scalar(answer, "the accuracy")
-        if isinstance(value, str):
-            return report(False, value)
-        values.append(value)
-        expected.append(metrics.knn_accuracy(*case[:4], k=case[4], temperature=case[5]))
+    values = _student_scalars(student_knn_accuracy, cases, "the accuracy")
+    if isinstance(values, str):
+        return report(False, values)
+    expected = [metrics.knn_accuracy(*case[:4], k=case[4], temperature=case[5]) for case in cases]
     if all(math.isclose(v, e, abs_tol=1e-9) for v, e in zip(values, expected)):
         return report(True, "your kNN accuracies " + ", ".join(f"{e:.3f}" for e in expected) +
                       " equal klteach.metrics.knn_accuracy on all three feature banks")
