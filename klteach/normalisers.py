@@ -18,6 +18,8 @@ name               teacher                                                      
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -173,19 +175,32 @@ class Sinkhorn(Normaliser):
 
 
 def sinkhorn_knopp(logits: Tensor, tau: float, iterations: int = 3) -> Tensor:
-    """Equipartitioned assignments ``q`` (rows sum to one, columns to ``B/K``) over the global batch."""
-    scores = logits.double() / theory.check_temperature(tau)
-    top = scores.max()
+    """Equipartitioned assignments ``q`` (rows sum to one, columns to ``B/K``) over the global batch.
+
+    SwAV's ``distributed_sinkhorn``: start from ``exp(logits / τ)`` and alternately scale every
+    cluster's column to mass ``1/K`` and every sample's row to ``1/B``, then multiply by ``B``.
+    Here each scaling is a subtraction in log space (log-sum-exp), so nothing under- or
+    overflows: the result stays exact as ``τ → 0`` and for logits of any magnitude, where
+    ``exp`` would turn whole columns into zeros. ``B`` and the column sums are those of the
+    batch of all processes.
+    """
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
+    log_q = logits.double() / theory.check_temperature(tau)                    # (B, K)
+    log_clusters = math.log(log_q.shape[1])
+    log_batch = all_sum(torch.tensor(float(log_q.shape[0]), device=log_q.device, dtype=log_q.dtype)).log()
+    for _ in range(iterations):
+        log_q = log_q - global_logsumexp(log_q) - log_clusters                  # each cluster: 1/K
+        log_q = log_q - log_q.logsumexp(dim=1, keepdim=True) - log_batch        # each sample: 1/B
+    return (log_q + log_batch).exp().to(logits.dtype)
+
+
+def global_logsumexp(x: Tensor) -> Tensor:
+    """``log Σ_x exp(x)`` over the first axis and over all processes' batches, shape ``(1, K)``."""
+    top = x.max(dim=0, keepdim=True).values
     if is_distributed():
         torch.distributed.all_reduce(top, op=torch.distributed.ReduceOp.MAX)
-    mass = (scores - top).exp().clamp_min(1e-300)                     # (B, K), never 0
-    clusters = mass.shape[1]
-    batch = all_sum(torch.tensor(float(mass.shape[0]), device=mass.device, dtype=mass.dtype))
-    mass = mass / all_sum(mass.sum())
-    for _ in range(iterations):
-        mass = mass / (all_sum(mass.sum(0)) * clusters)               # each cluster: 1/K
-        mass = mass / (mass.sum(1, keepdim=True) * batch)             # each sample: 1/B
-    return (mass * batch).to(logits.dtype)
+    return all_sum((x - top).exp().sum(dim=0, keepdim=True)).log() + top
 
 
 def check_prior_mode(prior: str) -> str:

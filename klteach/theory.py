@@ -1,7 +1,7 @@
 """The paper's equations (1)-(23) as small tensor functions.
 
 Every function cites the equation it implements; the numbers are those of
-``paper/equations.md``. Shapes: ``z`` is ``(N, D)`` embeddings, ``w`` is ``(K, D)``
+``notebooks/equations.md``. Shapes: ``z`` is ``(N, D)`` embeddings, ``w`` is ``(K, D)``
 cluster weight (mean) vectors, probabilities ``p``/``q`` are ``(N, K)`` with rows
 summing to one. ``tau`` is the temperature (the isotropic variance of each cluster).
 
@@ -29,11 +29,28 @@ def check_temperature(tau: float, name: str = "tau") -> float:
     return value
 
 
-def _log_prior(prior: Tensor | None, like: Tensor, floor: float = PRIOR_FLOOR) -> Tensor:
-    """Log of a (floored, renormalised) prior over the K columns of ``like``; equal priors when None."""
+def check_prior(prior: Tensor, components: int) -> Tensor:
+    """Return ``prior`` if it is ``components`` finite values ``≥ 0``, not all zero; else ``ValueError``."""
+    if tuple(prior.shape) != (components,):
+        raise ValueError(f"prior must have one value for each of the {components} components, "
+                         f"got shape {tuple(prior.shape)}")
+    if not torch.isfinite(prior).all():
+        raise ValueError(f"prior must be finite, got {prior.tolist()}")
+    if (prior < 0).any():
+        raise ValueError(f"prior must not be negative, got {prior.tolist()}")
+    if not (prior > 0).any():
+        raise ValueError("prior must give at least one component a positive probability, got all zeros")
+    return prior
+
+
+def _log_prior(prior: Tensor | None, like: Tensor) -> Tensor:
+    """Log of a prior over the K columns of ``like``, renormalised; equal priors when None.
+
+    A prior of exactly 0 gives ``log 0 = -inf``: that component's posterior (1) is exactly 0.
+    """
     if prior is None:
         return torch.zeros(like.shape[-1], dtype=like.dtype, device=like.device)
-    prior = prior.to(like.dtype).clamp_min(floor)
+    prior = check_prior(prior, like.shape[-1]).to(like.dtype)
     return prior.log() - prior.sum().log()
 
 
@@ -71,16 +88,26 @@ def softmax_with_temperature(scores: Tensor, tau: float) -> Tensor:
 
 # ---------------------------------------------------------------- section 3: distillation
 
+def check_same_shape(q: Tensor, p: Tensor, what: str, p_name: str = "p") -> None:
+    """Raise ``ValueError`` naming both shapes unless ``q`` and ``p`` have the same shape
+    (broadcasting would silently compare samples with the wrong rows)."""
+    if q.shape != p.shape:
+        raise ValueError(f"{what} needs q and {p_name} of the same shape, got q {tuple(q.shape)} "
+                         f"and {p_name} {tuple(p.shape)}")
+
+
 def kl_divergence(q: Tensor, p: Tensor) -> Tensor:
     """Eq. (2): ``D(q‖p) = (1/N) Σ_x Σ_k q_k log(q_k / p_k)``, the mean over samples.
 
     Terms with ``q_k = 0`` contribute zero (``0 log 0 = 0``).
     """
+    check_same_shape(q, p, "kl_divergence")
     return (torch.special.xlogy(q, q) - torch.special.xlogy(q, p)).sum(-1).mean()
 
 
 def cross_entropy(q: Tensor, log_p: Tensor) -> Tensor:
     """Eq. (3)/(11): ``L_CE = -(1/N) Σ_x Σ_k q_k log p_k``; takes ``log p`` for stability."""
+    check_same_shape(q, log_p, "cross_entropy", "log_p")
     return -(q * log_p).sum(-1).mean()
 
 

@@ -10,7 +10,6 @@ from scipy.special import logsumexp, softmax
 from klteach import theory
 
 
-
 @pytest.fixture(autouse=True)
 def float64_default():
     """Exact comparisons in float64, restored afterwards so other test files keep float32."""
@@ -167,3 +166,30 @@ def test_bad_temperature_is_a_clear_error(tau):
 def test_negative_lambda_is_a_clear_error():
     with pytest.raises(ValueError, match="lam"):
         theory.inverse_prior_teacher(torch.full((2, 3), 1 / 3), lam=-1)
+
+
+def test_a_component_with_prior_zero_gets_posterior_zero():
+    """Eq. (1) with π_0 = 0: component 0 is impossible, however close z is to w_0."""
+    z = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    w = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 3.0]])
+    p = theory.posterior(z, w, 0.1, torch.tensor([0.0, 0.5, 0.5]))
+    assert (p[:, 0] == 0).all()
+    np.testing.assert_allclose(p[:, 1:].numpy(), theory.posterior(z, w[1:], 0.1).numpy(), rtol=1e-12)
+    assert torch.isneginf(theory.log_posterior(z, w, 0.1, torch.tensor([0.0, 0.5, 0.5]))[:, 0]).all()
+
+
+@pytest.mark.parametrize("prior, message", [
+    ([0.0, 0.0, 0.0], "at least one"), ([0.5, -0.1, 0.6], "negative"), ([0.5, float("nan"), 0.5], "finite"),
+    ([0.5, 0.5], "3 components"),
+])
+def test_bad_priors_are_clear_errors(prior, message):
+    with pytest.raises(ValueError, match=message):
+        theory.posterior(torch.zeros(2, 2), torch.eye(3, 2), 0.1, torch.tensor(prior))
+
+
+def test_kl_divergence_of_mismatched_shapes_names_both():
+    q, p = torch.full((4, 3), 1 / 3), torch.full((1, 3), 1 / 3)
+    with pytest.raises(ValueError, match=r"q \(4, 3\).*p \(1, 3\)"):
+        theory.kl_divergence(q, p)
+    with pytest.raises(ValueError, match=r"\(4, 3\).*\(4, 2\)"):
+        theory.cross_entropy(q, torch.zeros(4, 2))
