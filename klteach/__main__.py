@@ -164,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--bench-steps", type=int, default=50)
     bench.add_argument("--warmup", type=int, default=10)
     bench.add_argument("--json", default=None, help="write the result here")
+    from . import site
+    site.add_subcommand(sub)                # contract 7: `site` registers itself
     return parser
 
 
@@ -171,7 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"train": cmd_train, "demo": cmd_demo, "bench": cmd_bench}
     try:
-        return commands[args.command](args)
+        handler = getattr(args, "handler", None) or commands[args.command]   # contract 7 subcommands bring theirs
+        return handler(args)
     except (ValueError, OSError, TrainingError) as error:   # OSError: missing, unreadable or not a folder
         print(f"error: {error}", file=sys.stderr)
         return 2
