@@ -172,3 +172,37 @@ def test_the_site_opened_from_its_folder_works_too(built_site, browser):
     finally:
         page.close()
     assert watched.problems == []
+
+
+@pytest.mark.slow
+def test_jupyterlab_still_shows_the_interactive_figures_of_a_recorded_chapter(browser, tmp_path):
+    """A saved plotly output now carries a PNG too; JupyterLab must keep drawing the figure with
+    plotly (its renderer ranks above ``image/png``), not show the picture. Nothing is executed."""
+    import shutil
+
+    shutil.copy(lab_ui.REPO / "notebooks" / f"{CHAPTER}.ipynb", tmp_path / f"{CHAPTER}.ipynb")
+    with lab_ui.jupyter_lab(tmp_path, env={"KLTEACH_QUICK": "1"}) as url:
+        page = browser.new_page(viewport=lab_ui.VIEWPORT)
+        page.set_default_timeout(120_000)
+        try:
+            page.goto(f"{url}/lab/workspaces/recorded/tree/{CHAPTER}.ipynb?reset&token={lab_ui.TOKEN}")
+            page.locator(".jp-Notebook").first.wait_for()
+            counts = """() => { const root = window.jupyterapp.shell.currentWidget.node;
+                const model = window.jupyterapp.shell.currentWidget.content.model;
+                let saved = 0;
+                for (const cell of model.cells) if (cell.type === 'code')
+                    for (let i = 0; i < cell.outputs.length; i++)
+                        if (cell.outputs.get(i).data['application/vnd.plotly.v1+json']) saved++;
+                return {saved, plotly: root.querySelectorAll('.jp-RenderedPlotly').length,
+                        pictures: root.querySelectorAll('.jp-RenderedImage').length}; }"""
+            page.wait_for_function(f"() => {{ const c = ({counts})(); return c.saved > 0 && c.plotly === c.saved; }}",
+                                   polling=500)
+            seen = page.evaluate(counts)
+        except BaseException:
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "failed-site-jupyterlab.png"))
+            raise
+        finally:
+            page.close()
+    assert seen["saved"] == saved_figure_count(CHAPTER)
+    assert seen["pictures"] == 0, seen
