@@ -67,8 +67,8 @@ def normaliser_outputs(z, w):
     out = {}
     for name in NORMALISERS:
         for prior in (("batch", "running") if name == "inverse-prior" else (None,)):
-            teacher = make_normaliser(name, clusters=6, prior=prior or "running", prior_momentum=0.5,
-                                      center_momentum=0.5)
+            # momenta by position: the keyword of the centre's momentum was renamed (centre_momentum)
+            teacher = make_normaliser(name, 6, 1.0, prior or "running", 0.5, 0.5)
             teacher(z, w, TAU)
             key = name + (f"-{prior}" if prior else "")
             out[key] = {"q": teacher(z, w, TAU), **{k: v.clone() for k, v in teacher.state_dict().items()}}
