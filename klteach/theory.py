@@ -226,15 +226,15 @@ def data_jensen_bound(z: Tensor, w: Tensor, tau: float) -> tuple[Tensor, Tensor]
     return lhs, rhs
 
 
-def centering_teacher(logits: Tensor, tau: float, center: Tensor | None = None) -> Tensor:
+def centering_teacher(logits: Tensor, tau: float, centre: Tensor | None = None) -> Tensor:
     """Eq. (22)-(23): ``q_k(x) = softmax_k((l_k(x) - c_k) / τ)`` with ``l_k = w_k·z``.
 
-    ``center`` ``c`` defaults to the mean logit over the rows, ``c_k = w_k·z̄`` (eq. 21):
+    The centre ``c`` defaults to the mean logit over the rows, ``c_k = w_k·z̄`` (eq. 21):
     DINO's centering. DINO keeps ``c`` as an EMA of batch means instead.
     """
-    if center is None:
-        center = logits.mean(0)
-    return softmax_with_temperature(logits - center, tau)
+    if centre is None:
+        centre = logits.mean(0)
+    return softmax_with_temperature(logits - centre, tau)
 
 
 def prior_centering_gap(z: Tensor, w: Tensor, tau: float, lam: float = 1.0) -> Tensor:
