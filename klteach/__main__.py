@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from . import coursework
 from .dist import is_main
 from .train import TrainConfig, Trainer, TrainingError, read_checkpoint
 
@@ -164,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--bench-steps", type=int, default=50)
     bench.add_argument("--warmup", type=int, default=10)
     bench.add_argument("--json", default=None, help="write the result here")
+    coursework.add_subcommand(sub)
     return parser
 
 
@@ -171,7 +173,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"train": cmd_train, "demo": cmd_demo, "bench": cmd_bench}
     try:
-        return commands[args.command](args)
+        return (commands.get(args.command) or args.handler)(args)   # course: its own handler
     except (ValueError, OSError, TrainingError) as error:   # OSError: missing, unreadable or not a folder
         print(f"error: {error}", file=sys.stderr)
         return 2
