@@ -237,6 +237,42 @@ def step_flops_per_image(trainer: Trainer) -> int:
     return counter.get_total_flops() // trainer.config.batch_size
 
 
+DATASHEET_BF16_TFLOPS = (("H200", 989.0), ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0))
+"""Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) from NVIDIA's datasheets, by name fragment."""
+
+
+def datasheet_tflops(name: str) -> float | None:
+    """The datasheet's dense bf16 peak for a GPU called ``name``, if it is in the table."""
+    return next((peak for fragment, peak in DATASHEET_BF16_TFLOPS if fragment in name), None)
+
+
+def measure_matmul_tflops(device: torch.device, size: int = 8192, repeats: int = 20) -> float:
+    """TFLOP/s of a large bf16 matrix product on a GPU: what its tensor cores reach in practice."""
+    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    a @ b
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    synchronize(device)
+    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e12
+
+
+def model_flops_utilisation(trainer: Trainer, images_per_s: float) -> dict[str, Any]:
+    """FLOPs per image of a step (counted on one more real step), the FLOP/s the measured speed
+    means, and on a GPU its share of a large matrix product's and of the datasheet's peak (MFU)."""
+    flops = step_flops_per_image(trainer)
+    achieved = images_per_s * flops / 1e12
+    result: dict[str, Any] = {"flops_per_image": flops, "achieved_tflops": achieved}
+    if trainer.device.type == "cuda":
+        matmul = measure_matmul_tflops(trainer.device)
+        peak = datasheet_tflops(device_name(trainer.device))
+        result.update(matmul_bf16_tflops=matmul, mfu_vs_matmul=achieved / matmul,
+                      datasheet_bf16_tflops=peak, mfu=None if peak is None else achieved / peak)
+    return result
+
+
 def _check_count(value: Any, name: str, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -421,6 +457,7 @@ def benchmark(trainer: Trainer, steps: int, warmup: int,
                               "model": describe_model(trainer),
                               **measure_throughput(trainer, steps, warmup)}
     record["cpu_seconds"] = time.process_time() - cpu_start
+    record.update(model_flops_utilisation(trainer, record["images_per_s"]))
     cfg = trainer.config
     if cfg.normaliser == "inverse-prior" and cfg.prior == "full":
         record["full_prior_pass"] = measure_full_prior(trainer)
@@ -455,6 +492,13 @@ def format_report(record: dict[str, Any]) -> str:
         prior = record["full_prior_pass"]
         lines.append(f"  prior pass     {prior['seconds_per_pass']:10.2f} s   (eq. 15 over "
                      f"{prior['images']} images, {prior['images_per_s']:.0f} images/s)")
+    line = (f"  FLOP/s         {record['achieved_tflops']:10.3f} T "
+            f"({record['flops_per_image'] / 1e9:.3f} GFLOP per image")
+    if record.get("mfu") is not None:
+        line += f"; MFU {record['mfu']:.1%} of the datasheet's {record['datasheet_bf16_tflops']:.0f} T"
+    if "matmul_bf16_tflops" in record:
+        line += f"; {record['mfu_vs_matmul']:.1%} of a bf16 matmul's {record['matmul_bf16_tflops']:.0f} T"
+    lines.append(line + ")")
     for row in record.get("plain_loop", []):
         lines.append(f"  vs plain loop  {row['ratio']:10.3f}   (library {row['library_images_per_s']:.1f} / plain "
                      f"{row['plain_images_per_s']:.1f} images/s with {row['threads']} thread(s); by CPU time "
@@ -480,7 +524,7 @@ def run_benchmark(config: TrainConfig, *, bench_steps: int | None = None, warmup
     _check_count(steps, "--bench-steps", 1)
     _check_count(warmup, "--warmup", 0)
     threads = default_threads(torch.device(kind)) if plain_threads is None else tuple(plain_threads)
-    library_steps = warmup + steps + len(threads) * (warmup + steps)
+    library_steps = warmup + steps + 1 + len(threads) * (warmup + steps)     # + 1 counts FLOPs
     config = dataclasses.replace(config, steps=library_steps, eval_every=0)   # the LR schedule spans the run
     print(f"bench: loading {config.dataset} and building the model on {kind} ...", flush=True)
     trainer = Trainer(config)
@@ -501,7 +545,8 @@ def run_benchmark(config: TrainConfig, *, bench_steps: int | None = None, warmup
 
 
 __all__ = ["run_benchmark", "default_config", "benchmark", "measure_throughput", "measure_full_prior",
-           "compare_with_plain_loop", "PlainLoop", "estimate_step_seconds", "default_threads",
-           "forward_flops_per_image", "step_flops_per_image", "timed_steps", "synchronize", "reset_peak_memory",
-           "peak_memory_bytes", "current_memory_bytes", "device_name", "environment",
-           "format_report", "busy_note", "CIFAR10_TRAIN_IMAGES", "VIEWS_PER_IMAGE"]
+           "compare_with_plain_loop", "PlainLoop", "model_flops_utilisation", "measure_matmul_tflops",
+           "datasheet_tflops", "estimate_step_seconds", "default_threads", "forward_flops_per_image",
+           "step_flops_per_image", "timed_steps", "synchronize", "reset_peak_memory", "peak_memory_bytes",
+           "current_memory_bytes", "device_name", "environment", "format_report", "busy_note",
+           "CIFAR10_TRAIN_IMAGES", "VIEWS_PER_IMAGE"]

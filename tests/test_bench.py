@@ -60,7 +60,9 @@ def test_bench_cli_prints_and_writes_positive_figures(tmp_path, capsys):
     assert record["config"]["batch_size"] == 32 and record["config"]["dataset"] == "digits"
     threads = [row["threads"] for row in record["plain_loop"]]
     assert threads == sorted(set(threads)) and 1 in threads
-    assert record["config"]["steps"] == 4 * (1 + len(threads))  # every library step: the LR schedule's span
+    assert record["config"]["steps"] == 5 + 4 * len(threads)   # every library step: the LR schedule's span
+    assert record["flops_per_image"] > 0
+    assert record["achieved_tflops"] == pytest.approx(record["images_per_s"] * record["flops_per_image"] / 1e12)
     assert record["model"]["backbone"] == "MLP" and record["model"]["parameters"] > 0
     assert record["warmup_steps"] == 1 and record["timed_steps"] == 3
     for row in record["plain_loop"]:
@@ -80,6 +82,11 @@ def test_defaults_fit_the_device():
     else:
         with pytest.raises(ValueError, match="no CUDA GPU"):
             Trainer(bench.default_config("cuda"))
+
+
+def test_datasheet_peaks_by_gpu_name():
+    assert bench.datasheet_tflops("NVIDIA H200") == 989 and bench.datasheet_tflops("NVIDIA H100 PCIe") == 756
+    assert bench.datasheet_tflops("NVIDIA A100-SXM4-80GB") == 312 and bench.datasheet_tflops("Tesla T4") is None
 
 
 def test_bench_does_not_import_the_command_line():
