@@ -177,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     for action in bench._actions:      # only typed flags reach cmd_bench: the rest is default_config's
         action.default = argparse.SUPPRESS
     coursework.add_subcommand(sub)
+    from . import site
+    site.add_subcommand(sub)                # contract 7: `site` registers itself
     return parser
 
 
@@ -184,7 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"train": cmd_train, "demo": cmd_demo, "bench": cmd_bench}
     try:
-        return (commands.get(args.command) or args.handler)(args)   # course: its own handler
+        handler = getattr(args, "handler", None) or commands[args.command]   # contract 7 subcommands bring theirs
+        return handler(args)
     except (ValueError, OSError, TrainingError) as error:   # OSError: missing, unreadable or not a folder
         print(f"error: {error}", file=sys.stderr)
         return 2
