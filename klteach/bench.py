@@ -297,7 +297,7 @@ class PlainLoop:
         self.student = copy.deepcopy(trainer.student).train()
         self.teacher = copy.deepcopy(self.student).requires_grad_(False)
         self.normaliser = make_normaliser(cfg.normaliser, cfg.clusters, cfg.lam, cfg.prior, cfg.prior_momentum,
-                                          cfg.center_momentum).to(self.device)
+                                          cfg.centre_momentum).to(self.device)
         self.optimiser = torch.optim.AdamW(self.student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.channels_last = self.device.type == "cuda" and self.images.dim() == 4
