@@ -16,7 +16,7 @@ and writes them as JSON (``--json PATH``) with the device name, torch version, d
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import datetime
 import os
 import platform
@@ -29,8 +29,10 @@ from typing import Any
 
 import torch
 
+from .checkpoint import write_json_atomic
+from .config import TrainConfig, with_changes
 from .models import count_parameters
-from .train import Trainer, write_json_atomic
+from .train import Trainer
 
 CIFAR10_TRAIN_IMAGES = 50_000
 """Images in one CIFAR-10 training epoch, the unit the issue's targets use."""
@@ -209,6 +211,7 @@ def forward_flops_per_image(model: torch.nn.Module, input_shape: tuple[int, ...]
     convolutions; a multiply-add counts as 2 FLOPs) on a float32 CPU copy of ``model``.
     """
     import copy
+
     from torch.utils.flop_counter import FlopCounterMode
 
     model = copy.deepcopy(model).float().cpu().eval()
@@ -286,27 +289,32 @@ def format_report(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    """``python -m klteach bench``: build the trainer from the flags, measure, print, write JSON."""
-    from .__main__ import config_from_args
+def default_config(device: str = "auto") -> TrainConfig:
+    """The configuration ``python -m klteach bench`` times unless flags change it."""
+    return with_changes(TrainConfig(), dict(dataset="cifar10", arch="resnet18", batch_size=512, device=device,
+                                            eval_every=0))
 
-    _check_count(args.bench_steps, "--bench-steps", 1)
-    _check_count(args.warmup, "--warmup", 0)
-    config = config_from_args(args)
-    config.steps = args.warmup + args.bench_steps  # the LR schedule spans exactly the run
-    config.eval_every = 0
+
+def run_benchmark(config: TrainConfig, *, bench_steps: int | None = None, warmup: int | None = None,
+                  json_path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """``python -m klteach bench``: time ``config``'s training step, print, write JSON."""
+    bench_steps = 50 if bench_steps is None else bench_steps
+    warmup = 10 if warmup is None else warmup
+    _check_count(bench_steps, "--bench-steps", 1)
+    _check_count(warmup, "--warmup", 0)
+    config = dataclasses.replace(config, steps=warmup + bench_steps, eval_every=0)  # the LR schedule spans the run
     trainer = Trainer(config)
-    record = benchmark(trainer, args.bench_steps, args.warmup)
+    record = benchmark(trainer, bench_steps, warmup)
     print(format_report(record))
-    if args.json:
-        path = Path(args.json)
+    if json_path:
+        path = Path(json_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, record)
         print(f"wrote {path}")
     return record
 
 
-__all__ = ["run_benchmark", "benchmark", "measure_throughput", "measure_full_prior",
+__all__ = ["run_benchmark", "default_config", "benchmark", "measure_throughput", "measure_full_prior",
            "forward_flops_per_image", "step_flops_per_image", "timed_steps", "synchronize", "reset_peak_memory",
            "peak_memory_bytes", "current_memory_bytes", "device_name", "environment",
            "format_report", "busy_note", "CIFAR10_TRAIN_IMAGES", "VIEWS_PER_IMAGE"]
