@@ -37,9 +37,11 @@ from typing import Any
 import torch
 
 from . import data as data_lib
+from .checkpoint import write_json_atomic
+from .config import TrainConfig, resolve_device
 from .models import ClusteringModel, count_parameters
 from .normalisers import make_normaliser
-from .train import TrainConfig, Trainer, resolve_device, write_json_atomic
+from .train import Trainer
 
 CIFAR10_TRAIN_IMAGES = 50_000
 """Images in one CIFAR-10 training epoch, the unit the issue's targets use."""
