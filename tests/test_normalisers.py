@@ -72,11 +72,11 @@ def test_full_prior_is_used_as_set(batch):
 
 def test_centering_uses_the_previous_centre_then_updates_it(batch):
     z, w = batch
-    teacher = make_normaliser("centering", 6, center_momentum=0.9)
+    teacher = make_normaliser("centering", 6, centre_momentum=0.9)
     q_first = teacher(z, w, 0.1)
     assert torch.allclose(q_first, theory.sphere_posterior(z, w, 0.1), atol=1e-6)   # centre starts at 0
-    assert torch.allclose(teacher.center, 0.1 * (z @ w.T).mean(0), atol=1e-6)
-    centre = teacher.center.clone()
+    assert torch.allclose(teacher.centre, 0.1 * (z @ w.T).mean(0), atol=1e-6)
+    centre = teacher.centre.clone()
     assert torch.allclose(teacher(z, w, 0.1), theory.centering_teacher(z @ w.T, 0.1, centre), atol=1e-6)
 
 
@@ -96,11 +96,34 @@ def test_sinkhorn_equipartitions_the_batch(batch):
     assert torch.allclose(q.sum(0), torch.full((6,), 64 / 6), atol=1e-3)
 
 
+def test_a_centre_saved_under_the_old_spelling_still_loads(batch):
+    z, w = batch
+    saved = make_normaliser("centering", 6)
+    saved(z, w, 0.1)
+    old_checkpoint = {"center": saved.state_dict()["centre"]}
+    restored = make_normaliser("centering", 6)
+    restored.load_state_dict(old_checkpoint)
+    assert torch.equal(restored.centre, saved.centre)
+
+
+@pytest.mark.parametrize("name", [n for n in NORMALISERS if n != "none"])
+def test_an_empty_batch_in_training_is_refused_and_changes_nothing(batch, name):
+    z, w = batch
+    teacher = make_normaliser(name, 6)
+    teacher(z, w, 0.1)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    with pytest.raises(ValueError, match="empty batch"):
+        teacher(z[:0], w, 0.1)
+    for key, value in teacher.state_dict().items():
+        assert torch.equal(value, before[key]) and torch.isfinite(value).all(), key
+    assert torch.isfinite(teacher(z, w, 0.1)).all()
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"name": "whitening"}, "unknown normaliser 'whitening'"),
     ({"name": "inverse-prior", "prior": "epoch"}, "prior must be one of batch, running, full"),
     ({"name": "inverse-prior", "lam": -0.5}, "lam must be"),
-    ({"name": "centering", "center_momentum": 1.0}, r"center_momentum must be in \[0, 1\)"),
+    ({"name": "centering", "centre_momentum": 1.0}, r"centre_momentum must be in \[0, 1\)"),
 ])
 def test_bad_settings_are_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
