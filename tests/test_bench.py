@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from klteach import bench, data
+from klteach import bench, cifar10, data
 from klteach.__main__ import main
 from klteach.models import build_model
 from klteach.train import Trainer, TrainConfig
@@ -152,7 +152,7 @@ def test_bad_step_counts_are_refused_before_any_work(tmp_path, capsys):
 
 
 def test_missing_cifar10_archive_names_the_folder_and_the_alternatives(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(data, "CIFAR10_URL", (tmp_path / "no-such-archive.tar.gz").as_uri())
+    monkeypatch.setattr(cifar10, "CIFAR10_URL", (tmp_path / "no-such-archive.tar.gz").as_uri())
     folder = tmp_path / "data"
     code, out = run_bench(tmp_path, "--dataset", "cifar10", "--data-dir", str(folder))
     assert code == 2 and not out.exists()
