@@ -10,7 +10,6 @@ On several GPUs (or CPU processes): ``torchrun --nproc-per-node N -m klteach tra
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
 import time
@@ -18,15 +17,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import checkpoint, config
+from . import checkpoint, config, coursework, site
 from .config import TrainConfig, setting_info, setting_names, with_changes
 from .dist import is_main
 from .train import Trainer, TrainingError
 
 DEMO_STEPS = 1000
 EXIT_ERROR = 2
-SUBCOMMAND_MODULES = ("course", "site")
-"""Modules that add their own subcommand with ``add_subcommand(subparsers)``."""
 
 
 # ---------------------------------------------------------------------- flags from the settings
@@ -193,15 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: per device)")
     bench.add_argument("--json", default=None, help="write the result here")
     bench.set_defaults(handler=cmd_bench)
-    for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"{__package__}.{name}")
-        except ModuleNotFoundError as error:
-            if error.name != f"{__package__}.{name}":
-                raise
-            continue
-        if hasattr(module, "add_subcommand"):
-            module.add_subcommand(sub)
+    for module in (coursework, site):      # each adds its own subcommand and handler
+        module.add_subcommand(sub)
     return parser
 
 
