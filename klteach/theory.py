@@ -226,6 +226,14 @@ def data_jensen_bound(z: Tensor, w: Tensor, tau: float) -> tuple[Tensor, Tensor]
     return lhs, rhs
 
 
+def equal_normaliser_teacher(scores: Tensor, tau: float) -> Tensor:
+    """Eq. (17) once every sample's normaliser ``Σ_j exp(s_j(x'))`` is taken to be the same
+    constant, as (20) does: ``q_k(x) ∝ exp(s_k(x)) / ((1/N) Σ_x' exp(s_k(x')))``, with
+    ``s = scores / τ``. The data average is still exact; (21) is what replaces it next."""
+    s = scores / check_temperature(tau)
+    return (s - s.logsumexp(dim=0)).softmax(dim=-1)
+
+
 def centering_teacher(logits: Tensor, tau: float, centre: Tensor | None = None) -> Tensor:
     """Eq. (22)-(23): ``q_k(x) = softmax_k((l_k(x) - c_k) / τ)`` with ``l_k = w_k·z``.
 
@@ -248,3 +256,15 @@ def prior_centering_gap(z: Tensor, w: Tensor, tau: float, lam: float = 1.0) -> T
     exact = prior_teacher_from_logits(scores, tau, lam)
     log_centering = ((scores - scores.mean(0)) / check_temperature(tau)).log_softmax(dim=-1)
     return (torch.special.xlogy(exact, exact) - exact * log_centering).sum(-1).mean()
+
+
+def centering_offsets(scores: Tensor, tau: float) -> Tensor:
+    """``d_k = log π_k - (1/N) Σ_x s_k(x)``, ``s = scores / τ``: centering (23) is the exact
+    teacher (16)/(17) reweighted by ``exp(d_k)`` and renormalised over ``k``.
+
+    Only how ``d_k`` varies over ``k`` matters (a constant drops out); the two teachers are
+    equal exactly when it does not vary. ``π`` is the mean posterior (15) of the same rows.
+    """
+    s = scores / check_temperature(tau)
+    log_prior = s.log_softmax(dim=-1).logsumexp(dim=0) - torch.log(torch.tensor(float(s.shape[0]), dtype=s.dtype))
+    return log_prior - s.mean(0)

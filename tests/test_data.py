@@ -361,6 +361,8 @@ def test_a_plain_pip_install_ships_the_cifar_sample_where_the_loader_looks(tmp_p
 
     repo, source = Path(__file__).resolve().parents[1], tmp_path / "source"    # build a copy: no build/ in the repo
     shutil.copytree(repo / "klteach", source / "klteach", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("notebooks", "benchmarks/results"):        # pyproject ships the course inside the package
+        shutil.copytree(repo / folder, source / folder)
     (source / "data").mkdir()
     for name in ("pyproject.toml", "README.md", f"data/{SAMPLE_ARCHIVE}"):
         shutil.copy(repo / name, source / name)

@@ -150,6 +150,35 @@ def test_centering_approaches_inverse_prior_as_logit_spread_shrinks(rng):
     assert gaps_spread[-1] < 1e-4
 
 
+def test_centering_is_the_exact_teacher_reweighted_by_the_centering_offsets(rng):
+    z = torch.tensor(unit(rng.normal(size=(40, 8))))
+    w = torch.tensor(unit(rng.normal(size=(6, 8))))
+    scores, tau = z @ w.T, 0.1
+    exact = theory.prior_teacher_from_logits(scores, tau)                 # (16)/(17)
+    d = theory.centering_offsets(scores, tau)
+    # independent: log pi_k from numpy, minus the data mean of the logits
+    s = scores.numpy() / tau
+    expected = np.log(softmax(s, axis=1).mean(0)) - s.mean(0)
+    np.testing.assert_allclose(d.numpy(), expected, rtol=1e-10)
+    reweighted = (exact.log() + d).softmax(dim=-1)
+    np.testing.assert_allclose(reweighted.numpy(), theory.centering_teacher(scores, tau).numpy(), atol=1e-12)
+    # the offsets do vary here, so the teachers differ; a constant offset would change nothing
+    assert float(d.std()) > 0.1 and float(theory.prior_centering_gap(z, w, tau)) > 1e-4
+
+
+def test_equal_normaliser_teacher_is_17_when_every_normaliser_is_the_same(rng):
+    scores, tau = torch.tensor(rng.normal(size=(30, 5))), 0.3
+    s = scores.numpy() / tau
+    expected = softmax(s - logsumexp(s, axis=0), axis=1)                  # exp(s_k(x)) / sum_x' exp(s_k(x'))
+    np.testing.assert_allclose(theory.equal_normaliser_teacher(scores, tau).numpy(), expected, rtol=1e-10)
+    # rows whose logits share one log-normaliser: then it is the exact teacher (17)
+    equalised = scores - tau * torch.logsumexp(scores / tau, dim=1, keepdim=True)
+    np.testing.assert_allclose(theory.equal_normaliser_teacher(equalised, tau).numpy(),
+                               theory.prior_teacher_from_logits(equalised, tau).numpy(), atol=1e-12)
+    with pytest.raises(ValueError, match="tau"):
+        theory.equal_normaliser_teacher(scores, 0)
+
+
 def test_extreme_temperatures_and_logits_stay_finite():
     logits = torch.tensor([[1e4, -1e4, 0.0], [0.0, 1e4, 1e4]])
     for q in (theory.softmax_with_temperature(logits, 0.01), theory.centering_teacher(logits, 0.01),
