@@ -29,3 +29,12 @@ def setup_notebook(seed: int = 0, threads: int | None = None) -> None:
     if threads:
         torch.set_num_threads(threads)
     pio.renderers.default = "plotly_mimetype"
+
+
+def lecture_mode(dark: bool = False) -> None:
+    """Draw every figure made afterwards for a lecture room: text of at least 18 px, the
+    colour-blind-safe palette, and a dark background when ``dark`` (see :mod:`klteach.plots.look`;
+    ``klteach.plots.use_look()`` goes back to the normal look)."""
+    from .plots import use_look
+
+    use_look(lecture=True, dark=dark)
