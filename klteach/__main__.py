@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from . import coursework
 from .dist import is_main
 from .train import TrainConfig, Trainer, TrainingError, read_checkpoint
 
@@ -136,8 +137,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import run_benchmark
-    run_benchmark(args)
+    """The bench parser's defaults are suppressed, so ``args`` holds only the flags typed; they
+    override :func:`klteach.bench.default_config` for the device asked for."""
+    from .bench import default_config, run_benchmark
+    typed = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    if getattr(args, "fixed_prototypes", False):
+        typed["learnable_prototypes"] = False
+    if getattr(args, "centred_prototypes", False):
+        typed["centred_prototypes"] = True
+    config = dataclasses.replace(default_config(typed.get("device", "auto")), **typed)
+    run_benchmark(config, bench_steps=getattr(args, "bench_steps", None), warmup=getattr(args, "warmup", None),
+                  json_path=getattr(args, "json", None))
     return 0
 
 
@@ -160,10 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="cpu")
     bench = sub.add_parser("bench", help="images/s, s/epoch and peak memory of one configuration")
-    _add_train_flags(bench, TrainConfig(dataset="cifar10", arch="resnet18", batch_size=512))
-    bench.add_argument("--bench-steps", type=int, default=50)
-    bench.add_argument("--warmup", type=int, default=10)
-    bench.add_argument("--json", default=None, help="write the result here")
+    _add_train_flags(bench, TrainConfig())
+    bench.add_argument("--bench-steps", type=int, help="timed steps (default: 50 on a GPU, 3 on a CPU)")
+    bench.add_argument("--warmup", type=int, help="untimed steps first (default: 10 on a GPU, 1 on a CPU)")
+    bench.add_argument("--json", help="write the result here")
+    for action in bench._actions:      # only typed flags reach cmd_bench: the rest is default_config's
+        action.default = argparse.SUPPRESS
+    coursework.add_subcommand(sub)
+    from . import site
+    site.add_subcommand(sub)                # contract 7: `site` registers itself
     return parser
 
 
@@ -171,7 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"train": cmd_train, "demo": cmd_demo, "bench": cmd_bench}
     try:
-        return commands[args.command](args)
+        handler = getattr(args, "handler", None) or commands[args.command]   # contract 7 subcommands bring theirs
+        return handler(args)
     except (ValueError, OSError, TrainingError) as error:   # OSError: missing, unreadable or not a folder
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -17,8 +17,8 @@ Use :func:`augmentation_for` to get the preset for a dataset.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -89,14 +89,19 @@ class AugmentParams:
     grayscale: Tensor   # (N,) bool
     noise: Tensor | None  # (N, C, H, W) pixel noise, or None
 
+    def map(self, change: Callable[[Tensor], Tensor]) -> AugmentParams:
+        """The parameters with ``change`` applied to every field (``noise`` stays None if it is)."""
+        return AugmentParams(change(self.crop), change(self.brightness), change(self.contrast),
+                             change(self.saturation), change(self.hue), change(self.grayscale),
+                             None if self.noise is None else change(self.noise))
+
     def __getitem__(self, rows: slice | Tensor) -> AugmentParams:
         """The parameters of the images selected by ``rows`` (use a slice to keep the batch axis)."""
-        return AugmentParams(*(None if getattr(self, f.name) is None else getattr(self, f.name)[rows]
-                               for f in fields(self)))
+        return self.map(lambda field: field[rows])
 
     def to(self, device: torch.device) -> AugmentParams:
-        return AugmentParams(*(None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
-                               for f in fields(self)))
+        """The parameters on ``device``."""
+        return self.map(lambda field: field.to(device))
 
 
 def _check_range(name: str, pair: tuple[float, float], low: float, high: float) -> None:
@@ -260,32 +265,3 @@ def augmentation_for(dataset: str | Dataset) -> Augmentation:
     if dataset not in PRESETS:
         raise ValueError(f"no augmentation preset for {dataset!r}: use one of {', '.join(PRESETS)}")
     return PRESETS[dataset]
-
-
-def augment(x: Tensor, kind: str, generator: torch.Generator | None = None) -> Tensor:
-    """One random view of every sample of ``x`` with the preset for ``kind`` (see :func:`augmentation_for`)."""
-    return augmentation_for(kind)(x, generator)
-
-
-# ---------------------------------------------------------------- normalisation
-
-def channel_mean_std(images: Tensor, chunk: int = 4096) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and std of a set of images (as floats in [0, 1]), accumulated in float64."""
-    total = torch.zeros(images.shape[1], dtype=torch.float64, device=images.device)
-    squares = torch.zeros_like(total)
-    for start in range(0, len(images), chunk):
-        x = to_float(images[start:start + chunk]).double()
-        total += x.sum(dim=(0, 2, 3))
-        squares += x.pow(2).sum(dim=(0, 2, 3))
-    count = images.shape[0] * images.shape[2] * images.shape[3]
-    mean = total / count
-    return mean.float(), (squares / count - mean**2).clamp_min(0).sqrt().float()
-
-
-def normalise_images(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
-    """``(x - mean) / std`` per channel (``mean``, ``std``: one value per channel)."""
-    mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    if (std <= 0).any():
-        raise ValueError(f"std must be positive, got {std.flatten().tolist()}")
-    return (x - mean) / std

@@ -6,6 +6,7 @@ execute in minutes on two CPU cores; a person gets the full-size runs by default
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -29,6 +30,13 @@ def setup_notebook(seed: int = 0, threads: int | None = None) -> None:
     if threads:
         torch.set_num_threads(threads)
     pio.renderers.default = "plotly_mimetype"
+
+
+def recordings_dir() -> Path:
+    """The folder of recorded long runs that chapter 5 reads: ``benchmarks/results`` in a clone
+    (or an editable install), else the copy a plain ``pip install`` puts inside the package."""
+    clone = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+    return clone if clone.is_dir() else Path(__file__).resolve().parent / "recordings"
 
 
 def lecture_mode(dark: bool = False) -> None:

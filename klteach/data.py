@@ -6,41 +6,53 @@ Convert images to floats in ``[0, 1]`` with :func:`to_float`, the one place that
 
 Names: ``"toy"`` (a Gaussian mixture on the unit sphere, the model of eq. 1 and 6),
 ``"digits"`` (scikit-learn's 8×8 digits), ``"cifar10"`` (the official python-format archive,
-downloaded when online and checked against its MD5), ``"cifar10-sample"`` (a small real
-CIFAR-10 sample shipped in ``data/``), or the path of an image folder
-``ROOT/{train,test}/<class>/*.{jpg,jpeg,png}``.
+downloaded when online and checked against its MD5, :mod:`klteach.cifar10`),
+``"cifar10-sample"`` (a small real CIFAR-10 sample shipped in ``data/``), or the path of an
+image folder ``ROOT/{train,test}/<class>/*.jpg`` (:mod:`klteach.imagefolder`).
+
+Every dataset carries a ``fingerprint`` of what it was read from, so that a resumed run can
+tell when its data changed (:func:`fingerprint_change`). Notes that do not stop loading
+(files skipped) are :class:`DataWarning` warnings.
 """
 from __future__ import annotations
 
-import codecs
+import dataclasses
 import functools
 import hashlib
-import io
 import numbers
 import os
-import pickle
 import sys
-import tarfile
-import tempfile
-import urllib.request
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .cifar10 import CIFAR10_ARCHIVE, CIFAR10_FILES, CIFAR10_FOLDER, read_cifar10
+from .imagefolder import (
+    IMAGE_SUFFIXES,
+    SAMPLE_REPAIR,
+    DataWarning,
+    ImageTree,
+    decode_tree,
+    read_sample_archive,
+    scan_image_folder,
+)
+
+__all__ = ["DATASETS", "IMAGE_SUFFIXES", "CIFAR10_ARCHIVE", "CIFAR10_FILES", "CIFAR10_FOLDER", "SAMPLE_ARCHIVE",
+           "DataWarning", "Dataset", "load_dataset", "to_float", "check_device", "subsample_train",
+           "make_toy_sphere", "load_toy", "load_digits", "load_image_folder", "load_cifar10_sample",
+           "load_cifar10", "fingerprint_change"]
+
 DATASETS = ("toy", "digits", "cifar10", "cifar10-sample")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 REPO_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 INSTALLED_DATA_DIR = Path(sys.prefix) / "share" / "klteach" / "data"
 """Where ``pip install .`` (not editable) puts the shipped sample (pyproject's data-files)."""
 SAMPLE_ARCHIVE = "cifar10-sample.tar.xz"
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
-CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
-CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
-CIFAR10_FOLDER = "cifar-10-batches-py"
-CIFAR10_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta")
 TOY_TRAIN, TOY_TEST = 2000, 1000
 DIGITS_TEST_FRACTION, SPLIT_SEED = 0.2, 0
 
@@ -56,18 +68,31 @@ class Dataset:
     test_labels: Tensor | None
     classes: list[str]
     kind: str  # "vectors" or "images"
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    """What the data were read from: ``files`` (how many), ``sha256``, ``source`` (see
+    :func:`fingerprint_change`). A Dataset built by hand gets a hash of its tensors."""
+
+    def __post_init__(self) -> None:
+        if not self.fingerprint:
+            self.fingerprint = tensor_fingerprint(
+                self.name, [self.train, self.train_labels, self.test, self.test_labels])
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one sample, e.g. ``(3, 32, 32)`` or ``(3,)``."""
         return tuple(self.train.shape[1:])
 
-    def to(self, device: str | torch.device) -> Dataset:
-        """The same dataset with every tensor on ``device``."""
+    def to(self, device: str | torch.device, copy: bool = False) -> Dataset:
+        """The same dataset with every tensor on ``device`` (copies of them with ``copy=True``)."""
         device = check_device(device)
-        move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return Dataset(self.name, move(self.train), move(self.train_labels), move(self.test),
-                       move(self.test_labels), list(self.classes), self.kind)
+
+        def move(t: Tensor) -> Tensor:
+            return t.to(device, copy=copy)
+
+        return dataclasses.replace(
+            self, train=move(self.train), test=move(self.test), classes=list(self.classes),
+            train_labels=None if self.train_labels is None else move(self.train_labels),
+            test_labels=None if self.test_labels is None else move(self.test_labels))
 
     def __repr__(self) -> str:
         return (f"Dataset({self.name!r}, kind={self.kind!r}, train={tuple(self.train.shape)} "
@@ -138,9 +163,9 @@ def subsample_train(dataset: Dataset, sample_size: int, seed: int = 0) -> Datase
     _check_size(sample_size, len(dataset.train))
     generator = torch.Generator().manual_seed(seed)
     keep = torch.randperm(len(dataset.train), generator=generator)[:sample_size].sort().values
-    labels = None if dataset.train_labels is None else dataset.train_labels[keep.to(dataset.train.device)]
-    return Dataset(dataset.name, dataset.train[keep.to(dataset.train.device)], labels, dataset.test,
-                   dataset.test_labels, dataset.classes, dataset.kind)
+    keep = keep.to(dataset.train.device)
+    labels = None if dataset.train_labels is None else dataset.train_labels[keep]
+    return dataclasses.replace(dataset, train=dataset.train[keep], train_labels=labels)   # same fingerprint
 
 
 # ---------------------------------------------------------------- toy mixture on the sphere
@@ -179,8 +204,9 @@ def load_toy(train_size: int = TOY_TRAIN, seed: int = 0, test_size: int = TOY_TE
     """The default toy dataset: 8 clusters on the 3-d sphere (so it can be drawn)."""
     points, labels, _ = make_toy_sphere(train_size + test_size, seed=seed)
     classes = [f"cluster {k}" for k in range(int(labels.max()) + 1)]
+    source = f"toy: make_toy_sphere, {train_size} train + {test_size} test points, seed {seed}"
     return Dataset("toy", points[:train_size], labels[:train_size], points[train_size:],
-                   labels[train_size:], classes, "vectors")
+                   labels[train_size:], classes, "vectors", identity_fingerprint(source))
 
 
 # ---------------------------------------------------------------- digits
@@ -195,99 +221,25 @@ def load_digits() -> Dataset:
     train_x, test_x, train_y, test_y = train_test_split(
         images, digits.target, test_size=DIGITS_TEST_FRACTION, stratify=digits.target,
         random_state=SPLIT_SEED)
-    return Dataset("digits", torch.from_numpy(train_x), torch.from_numpy(train_y).long(),
-                   torch.from_numpy(test_x), torch.from_numpy(test_y).long(),
-                   [str(d) for d in range(10)], "images")
+    train, test = torch.from_numpy(train_x), torch.from_numpy(test_x)
+    train_labels, test_labels = torch.from_numpy(train_y).long(), torch.from_numpy(test_y).long()
+    return Dataset("digits", train, train_labels, test, test_labels, [str(d) for d in range(10)], "images",
+                   tensor_fingerprint("digits (scikit-learn)", [train, train_labels, test, test_labels], files=1))
 
 
-# ---------------------------------------------------------------- image folders and the sample
-
-def decode_images(sources: list[tuple[str, Path | bytes]]) -> np.ndarray:
-    """Decode ``(name, path or bytes)`` images to one ``uint8 (N, 3, H, W)`` RGB array.
-
-    All images must have the same size. Unreadable files are listed by name in the error.
-    (A thread pool does not help: Pillow parses the headers of small JPEGs in Python.)
-    """
-    from PIL import Image
-
-    arrays, bad = [], []
-    for name, source in sources:
-        try:
-            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source,
-                            formats=("JPEG", "PNG")) as image:
-                arrays.append(np.asarray(image if image.mode == "RGB" else image.convert("RGB")))
-        except (OSError, ValueError, SyntaxError) as error:
-            bad.append(f"{name} ({type(error).__name__}: {error})")
-    if bad:
-        raise ValueError(f"{len(bad)} file(s) could not be read as JPEG/PNG images: "
-                         + "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
-    for (name, _), array in zip(sources, arrays):
-        if array.shape != arrays[0].shape:
-            raise ValueError(f"images must all have the same size: {sources[0][0]} is "
-                             f"{arrays[0].shape[1]}x{arrays[0].shape[0]} but {name} is "
-                             f"{array.shape[1]}x{array.shape[0]} (resize them first)")
-    return np.stack(arrays).transpose(0, 3, 1, 2).copy()
-
-
-def _dataset_from_tree(name: str, tree: dict[str, list[tuple[str, str, Path | bytes]]],
-                       classes: list[str]) -> Dataset:
-    """Build a Dataset from ``{split: [(class, file name, path or bytes), ...]}``."""
-    splits = {}
-    for split, items in tree.items():
-        images = decode_images([(file, source) for _, file, source in items])
-        labels = torch.tensor([classes.index(c) for c, _, _ in items], dtype=torch.long)
-        splits[split] = (torch.from_numpy(images), labels)
-    if splits["train"][0].shape[1:] != splits["test"][0].shape[1:]:
-        raise ValueError(f"train images are {tuple(splits['train'][0].shape[2:])} but test images "
-                         f"are {tuple(splits['test'][0].shape[2:])}: all images must be the same size")
-    return Dataset(name, *splits["train"], *splits["test"], classes, "images")
-
-
-def _sorted_entries(folder: Path) -> list[Path]:
-    """The entries of ``folder`` sorted by name."""
-    return [folder / name for name in sorted(os.listdir(folder))]
-
+# ---------------------------------------------------------------- image folders, the sample, CIFAR-10
 
 def load_image_folder(root: str | os.PathLike) -> Dataset:
-    """Images from ``ROOT/{train,test}/<class>/*.{jpg,jpeg,png}``; classes are the train sub-folders."""
-    root = Path(root)
-    layout = "expected ROOT/train/<class>/*.jpg and ROOT/test/<class>/*.jpg (or .jpeg/.png)"
-    if not root.exists():
-        raise FileNotFoundError(f"image folder {root} does not exist ({layout})")
-    if not root.is_dir():
-        raise NotADirectoryError(f"{root} is not a directory ({layout})")
-    classes: list[str] = []
-    tree = {}
-    for split in ("train", "test"):
-        folder = root / split
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{root} has no {split}/ sub-folder ({layout})")
-        items, strays = [], []
-        for entry in _sorted_entries(folder):
-            if entry.name.startswith("."):
-                continue
-            if not entry.is_dir():
-                strays.append(entry)
-                continue
-            if split == "train":
-                classes.append(entry.name)
-            elif entry.name not in classes:
-                raise ValueError(f"test class folder {entry} has no counterpart in {root / 'train'}")
-            for file in _sorted_entries(entry):
-                if file.name.startswith("."):
-                    continue
-                if file.suffix.lower() in IMAGE_SUFFIXES and file.is_file():
-                    items.append((entry.name, str(file), file))
-                else:
-                    strays.append(file)
-        if strays:
-            raise ValueError(f"{len(strays)} non-image entr{'y' if len(strays) == 1 else 'ies'} in "
-                             f"{folder}: {', '.join(map(str, strays[:5]))}"
-                             f"{' ...' if len(strays) > 5 else ''} ({layout})")
-        if not items:
-            raise ValueError(f"no images found in {folder} ({layout})")
-        tree[split] = items
-    return _dataset_from_tree(str(root), tree, classes)
+    """Images from ``ROOT/{train,test}/<class>/`` (see :mod:`klteach.imagefolder` for what is skipped)."""
+    tree = scan_image_folder(Path(root))
+    return _dataset_from_tree(str(root), tree, decode_tree(tree), "image folder")
+
+
+def _dataset_from_tree(name: str, tree: ImageTree, splits: dict[str, tuple[np.ndarray, np.ndarray]],
+                       source: str) -> Dataset:
+    tensors = {split: (torch.from_numpy(x), torch.from_numpy(y)) for split, (x, y) in splits.items()}
+    return Dataset(name, *tensors["train"], *tensors["test"], list(tree.classes), "images",
+                   names_fingerprint(source, tree.relative_paths()))
 
 
 def load_cifar10_sample(data_dir: str | os.PathLike | None = None) -> Dataset:
@@ -295,6 +247,7 @@ def load_cifar10_sample(data_dir: str | os.PathLike | None = None) -> Dataset:
 
     Read from ``data_dir/cifar10-sample.tar.xz`` when present, else the repository's ``data/``
     (a clone or an editable install), else ``<prefix>/share/klteach/data`` (``pip install .``).
+    Its fingerprint is that of the image folder it holds, so the extracted folder has the same one.
     """
     candidates = [Path(data_dir)] if data_dir is not None else []
     candidates += [REPO_DATA_DIR, INSTALLED_DATA_DIR]
@@ -302,7 +255,7 @@ def load_cifar10_sample(data_dir: str | os.PathLike | None = None) -> Dataset:
         archive = folder / SAMPLE_ARCHIVE
         if archive.is_file():
             stat = archive.stat()
-            return _copy(_read_sample_archive(str(archive.resolve()), stat.st_mtime_ns, stat.st_size))
+            return _read_sample_archive(str(archive.resolve()), stat.st_mtime_ns, stat.st_size).to("cpu", copy=True)
     raise FileNotFoundError(f"{SAMPLE_ARCHIVE} not found in {', '.join(map(str, candidates))}; "
                             "rebuild it with data/make_cifar10_sample.py")
 
@@ -310,25 +263,13 @@ def load_cifar10_sample(data_dir: str | os.PathLike | None = None) -> Dataset:
 @functools.lru_cache(maxsize=1)
 def _read_sample_archive(path: str, mtime_ns: int, size: int) -> Dataset:
     """Decode the sample once per process (cached by path, time and size; callers get copies)."""
-    tree: dict[str, list] = {"train": [], "test": []}
-    with tarfile.open(path, "r:xz") as tar:
-        for member in tar:
-            parts = Path(member.name).parts  # cifar10-sample/<split>/<class>/NNNN.jpg
-            if member.isfile() and len(parts) == 4 and parts[1] in tree:
-                tree[parts[1]].append((parts[2], member.name, tar.extractfile(member).read()))
-    classes = sorted({c for c, _, _ in tree["train"]})
-    return _dataset_from_tree("cifar10-sample", tree, classes)
+    tree = read_sample_archive(Path(path))
+    try:
+        splits = decode_tree(tree, where=f"{path}:")
+    except ValueError as error:
+        raise ValueError(f"{error}; {SAMPLE_REPAIR}") from None
+    return _dataset_from_tree("cifar10-sample", tree, splits, "cifar10-sample")
 
-
-def _copy(dataset: Dataset) -> Dataset:
-    """A copy whose tensors share no memory with ``dataset`` (so the cache cannot be altered)."""
-    clone = lambda t: None if t is None else t.clone()  # noqa: E731
-    return Dataset(dataset.name, clone(dataset.train), clone(dataset.train_labels),
-                   clone(dataset.test), clone(dataset.test_labels), list(dataset.classes),
-                   dataset.kind)
-
-
-# ---------------------------------------------------------------- official CIFAR-10 archive
 
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
     """``data_dir``, else ``$KLTEACH_DATA``, else the repository's ``data/`` folder."""
@@ -337,113 +278,70 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
     return Path(os.environ.get("KLTEACH_DATA") or REPO_DATA_DIR)
 
 
-def file_md5(path: Path) -> str:
-    """Hex MD5 of a file, read in 1 MiB chunks."""
-    digest = hashlib.md5()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
+def load_cifar10(data_dir: Path) -> Dataset:
+    """CIFAR-10 from the official archive in ``data_dir`` (see :func:`klteach.cifar10.read_cifar10`)."""
+    splits, classes, sha256 = read_cifar10(data_dir)
+    (train, train_labels), (test, test_labels) = splits["train"], splits["test"]
+    return Dataset("cifar10", torch.from_numpy(train), torch.from_numpy(train_labels), torch.from_numpy(test),
+                   torch.from_numpy(test_labels), classes, "images",
+                   {"source": "cifar10", "files": len(CIFAR10_FILES), "sha256": sha256})
+
+
+# ---------------------------------------------------------------- fingerprints (what a checkpoint was trained on)
+
+def _sha256(*parts: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(hashlib.sha256(part).digest())
     return digest.hexdigest()
 
 
-def verify_cifar10_archive(archive: Path) -> None:
-    """Raise ``ValueError`` naming the file unless its MD5 is the official one."""
-    actual = file_md5(archive)
-    if actual != CIFAR10_MD5:
-        raise ValueError(f"{archive} is corrupt or truncated: MD5 {actual}, expected {CIFAR10_MD5}. "
-                         "Delete it and load 'cifar10' again to re-download it.")
+def names_fingerprint(source: str, paths: list[str]) -> dict[str, Any]:
+    """An image folder's fingerprint: the number of files, a hash of their sorted relative paths
+    and the number in each folder (so that a change can be told in words)."""
+    paths = sorted(paths)
+    folders = Counter(path.rsplit("/", 1)[0] for path in paths)
+    return {"source": source, "files": len(paths), "sha256": _sha256("\n".join(paths).encode()),
+            "folders": dict(sorted(folders.items()))}
 
 
-def download_cifar10(archive: Path, url: str | None = None, timeout: float = 60.0) -> Path:
-    """Download the official archive to ``archive`` atomically, verifying its MD5.
+def identity_fingerprint(source: str) -> dict[str, Any]:
+    """Generated data: no files; the hash of a description that fixes the data (generator and seed)."""
+    return {"source": source, "files": 0, "sha256": _sha256(source.encode())}
 
-    Writes to a temporary file in the same folder and renames it only when the checksum
-    matches; on any failure the temporary file is removed.
+
+def tensor_fingerprint(source: str, tensors: Sequence[Tensor | None], files: int = 0) -> dict[str, Any]:
+    """Data held in memory: a hash of the tensors' shapes, dtypes and bytes."""
+    parts = []
+    for tensor in tensors:
+        if tensor is not None:
+            flat = tensor.detach().cpu().contiguous().reshape(-1)
+            parts += [f"{tuple(tensor.shape)} {tensor.dtype}".encode(), flat.view(torch.uint8).numpy().tobytes()]
+    return {"source": source, "files": files, "sha256": _sha256(*parts)}
+
+
+def fingerprint_change(old: dict[str, Any] | None, new: dict[str, Any]) -> str | None:
+    """What changed between the dataset fingerprints ``old`` and ``new``, in words; None when equal.
+
+    An empty or missing ``old`` (a checkpoint from before fingerprints) counts as equal.
     """
-    url = url or CIFAR10_URL
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=archive.parent, prefix=archive.name, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    for chunk in iter(lambda: response.read(1 << 20), b""):
-                        out.write(chunk)
-            except OSError as error:  # URLError, timeouts and resets are all OSErrors
-                raise FileNotFoundError(
-                    f"CIFAR-10 is not in {archive.parent} and downloading {url} failed "
-                    f"({error}); are you offline? Alternatives: put {CIFAR10_ARCHIVE} there "
-                    "yourself, use an image folder path (ROOT/{train,test}/<class>/*.jpg), "
-                    "or use the shipped 'cifar10-sample'.") from None
-        verify_cifar10_archive(Path(tmp))
-        os.replace(tmp, archive)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return archive
-
-
-def extract_cifar10(archive: Path, folder: Path) -> None:
-    """Extract the seven batch files of ``archive`` into ``folder`` atomically (temp dir, rename)."""
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name, suffix=".part"))
-    try:
-        with tarfile.open(archive, "r:gz") as tar:
-            for name in CIFAR10_FILES:
-                try:
-                    member = tar.extractfile(f"{CIFAR10_FOLDER}/{name}")
-                except KeyError:
-                    raise ValueError(f"{archive} has no {CIFAR10_FOLDER}/{name}") from None
-                (tmp / name).write_bytes(member.read())
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            for file in tmp.iterdir():
-                file.unlink()
-            tmp.rmdir()
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles only numpy arrays and plain Python data: a pickle cannot run other code."""
-
-    _reconstruct = np.empty(0).__reduce__()[0]
-
-    def find_class(self, module: str, name: str):
-        if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-            return self._reconstruct
-        if module == "numpy" and name in ("ndarray", "dtype"):
-            return getattr(np, name)
-        if (module, name) == ("_codecs", "encode"):  # how protocol-2 pickles store bytes
-            return codecs.encode
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR-10 batch")
-
-
-def _read_batch(path: Path) -> dict:
-    with open(path, "rb") as file:
-        batch = _ArrayUnpickler(file, encoding="bytes").load()
-    return {key.decode() if isinstance(key, bytes) else key: value for key, value in batch.items()}
-
-
-def load_cifar10(data_dir: Path) -> Dataset:
-    """CIFAR-10 from ``data_dir/cifar-10-batches-py``, extracted from (or downloaded to) the archive."""
-    folder = data_dir / CIFAR10_FOLDER
-    if not folder.is_dir():
-        archive = data_dir / CIFAR10_ARCHIVE
-        if not archive.is_file():
-            download_cifar10(archive)
-        verify_cifar10_archive(archive)
-        extract_cifar10(archive, folder)
-    missing = [name for name in CIFAR10_FILES if not (folder / name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{folder} is incomplete (missing {', '.join(missing)}); delete it "
-                                "and load 'cifar10' again")
-
-    def read(names: list[str]) -> tuple[Tensor, Tensor]:
-        batches = [_read_batch(folder / name) for name in names]
-        images = np.concatenate([b["data"] for b in batches]).astype(np.uint8).reshape(-1, 3, 32, 32)
-        labels = np.concatenate([np.asarray(b["labels"]) for b in batches])
-        return torch.from_numpy(images), torch.from_numpy(labels).long()
-
-    classes = [c.decode() if isinstance(c, bytes) else c
-               for c in _read_batch(folder / "batches.meta")["label_names"]]
-    return Dataset("cifar10", *read(list(CIFAR10_FILES[:5])), *read(["test_batch"]), classes, "images")
+    if not old or (old["files"], old["sha256"]) == (new["files"], new["sha256"]):
+        return None
+    count = f"({old['files']} → {new['files']} files)"
+    if "folders" in old and "folders" in new:
+        changes = []
+        for folder in sorted(set(old["folders"]) | set(new["folders"])):
+            before, after = old["folders"].get(folder, 0), new["folders"].get(folder, 0)
+            if after != before:
+                changes.append(f"{abs(after - before)} {'added in' if after > before else 'removed from'} {folder}")
+        if not changes:
+            return f"the file list differs: same count ({new['files']} files), different names"
+        added = new["files"] - old["files"]
+        total = f"{abs(added)} file(s) {'added' if added > 0 else 'removed'}" if added else "files moved"
+        return f"{total} {count}: {', '.join(changes[:5])}{' ...' if len(changes) > 5 else ''}"
+    if old.get("source") != new.get("source"):
+        return f"a different dataset: {old.get('source')} → {new.get('source')}"
+    if old["files"] != new["files"]:
+        added = new["files"] - old["files"]
+        return f"{abs(added)} file(s) {'added' if added > 0 else 'removed'} {count}"
+    return f"the data differ: same number of files ({new['files']}), different contents"

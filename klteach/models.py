@@ -21,6 +21,7 @@ Backbones (each has an ``out_features`` attribute, the length of its feature vec
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal, cast, get_args
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +29,9 @@ from torch import Tensor, nn
 
 from .theory import centre_weights
 
-ARCHITECTURES = ("auto", "mlp", "cnn", "resnet18")
+Architecture = Literal["auto", "mlp", "cnn", "resnet18"]
 """Values accepted by :func:`build_model` for ``arch``."""
+ARCHITECTURES: tuple[Architecture, ...] = get_args(Architecture)
 
 SMALL_IMAGE_SIDE = 16
 """``arch="auto"`` flattens images smaller than this (e.g. 8x8 digits) into an MLP."""
@@ -270,7 +272,7 @@ def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
     return shape
 
 
-def choose_architecture(input_shape: Sequence[int]) -> str:
+def choose_architecture(input_shape: Sequence[int]) -> Literal["mlp", "cnn"]:
     """What ``arch="auto"`` means: ``"mlp"`` for vectors and small images (8x8 digits), else ``"cnn"``.
 
     The trainer asks for ``"resnet18"`` explicitly when it runs on a GPU.
@@ -281,10 +283,16 @@ def choose_architecture(input_shape: Sequence[int]) -> str:
     return "cnn"
 
 
-def build_backbone(arch: str, input_shape: Sequence[int]) -> nn.Module:
-    """The backbone named by ``arch`` (one of :data:`ARCHITECTURES`) for inputs of ``input_shape``."""
+def check_architecture(arch: str) -> Architecture:
+    """Return ``arch`` or raise ``ValueError`` naming the allowed architectures."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown arch {arch!r}; allowed: {', '.join(ARCHITECTURES)}")
+    return cast(Architecture, arch)
+
+
+def build_backbone(arch: Architecture, input_shape: Sequence[int]) -> MLP | SmallCNN | ResNet18Cifar:
+    """The backbone named by ``arch`` (one of :data:`ARCHITECTURES`) for inputs of ``input_shape``."""
+    arch = check_architecture(arch)
     shape = _check_input_shape(input_shape)
     if arch == "auto":
         arch = choose_architecture(shape)
@@ -296,7 +304,7 @@ def build_backbone(arch: str, input_shape: Sequence[int]) -> nn.Module:
     return SmallCNN(shape[0]) if arch == "cnn" else ResNet18Cifar(shape[0])
 
 
-def build_model(arch: str, input_shape: Sequence[int], clusters: int, dim: int = 64,
+def build_model(arch: Architecture, input_shape: Sequence[int], clusters: int, dim: int = 64,
                 hidden: int = 512, learnable_prototypes: bool = True,
                 centred_prototypes: bool = False) -> ClusteringModel:
     """Backbone for ``input_shape`` + :class:`ProjectionHead` to ``dim`` + K = ``clusters`` prototypes.

@@ -18,14 +18,19 @@ name               teacher                                                      
 """
 from __future__ import annotations
 
+import math
+from typing import Literal, cast, get_args
+
 import torch
 from torch import Tensor, nn
 
 from . import theory
 from .dist import all_sum, global_mean, is_distributed
 
-NORMALISERS = ("none", "inverse-prior", "centering", "batchnorm", "sinkhorn")
-PRIOR_MODES = ("batch", "running", "full")
+NormaliserName = Literal["none", "inverse-prior", "centering", "batchnorm", "sinkhorn"]
+PriorMode = Literal["batch", "running", "full"]
+NORMALISERS: tuple[NormaliserName, ...] = get_args(NormaliserName)
+PRIOR_MODES: tuple[PriorMode, ...] = get_args(PriorMode)
 
 
 def check_momentum(momentum: float, name: str = "momentum") -> float:
@@ -51,6 +56,13 @@ class Normaliser(nn.Module):
 
     def forward(self, z: Tensor, w: Tensor, tau: float) -> Tensor:  # pragma: no cover
         raise NotImplementedError
+
+    def check_batch(self, z: Tensor) -> None:
+        """Refuse an empty batch in training mode: its mean is 0/0, and one NaN in a running
+        prior or centre would spoil every later teacher."""
+        if self.training and z.shape[0] == 0:
+            raise ValueError(f"the {self.name} normaliser got an empty batch (0 samples) in training "
+                             "mode; it needs at least one sample to update its batch statistics")
 
 
 class NoNormaliser(Normaliser):
@@ -82,13 +94,15 @@ class InversePrior(Normaliser):
 
     name = "inverse-prior"
 
-    def __init__(self, clusters: int, lam: float = 1.0, prior: str = "running",
+    def __init__(self, clusters: int, lam: float = 1.0, prior: PriorMode = "running",
                  prior_momentum: float = 0.9, floor: float | None = None) -> None:
         super().__init__()
         self.lam = theory.check_lambda(lam)
         self.prior_mode = check_prior_mode(prior)
         self.prior_momentum = check_momentum(prior_momentum, "prior_momentum")
         self.floor = floor if floor is not None else theory.PRIOR_FLOOR
+        self.running_prior: Tensor
+        self.full_prior: Tensor
         self.register_buffer("running_prior", torch.full((clusters,), 1.0 / clusters))
         self.register_buffer("full_prior", torch.full((clusters,), 1.0 / clusters))
         self.last_prior: Tensor = self.running_prior.clone()
@@ -109,6 +123,7 @@ class InversePrior(Normaliser):
         return self.running_prior
 
     def forward(self, z: Tensor, w: Tensor, tau: float) -> Tensor:
+        self.check_batch(z)
         p = theory.sphere_posterior(z, w, tau)
         self.last_prior = self.current_prior(p).detach().clone()
         return theory.inverse_prior_teacher(p, self.last_prior.to(p.dtype), self.lam, self.floor)
@@ -121,17 +136,26 @@ class Centering(Normaliser):
 
     name = "centering"
 
-    def __init__(self, clusters: int, center_momentum: float = 0.9) -> None:
+    def __init__(self, clusters: int, centre_momentum: float = 0.9) -> None:
         super().__init__()
-        self.center_momentum = check_momentum(center_momentum, "center_momentum")
-        self.register_buffer("center", torch.zeros(clusters))
+        self.centre_momentum = check_momentum(centre_momentum, "centre_momentum")
+        self.centre: Tensor
+        self.register_buffer("centre", torch.zeros(clusters))
+        self.register_load_state_dict_pre_hook(_rename_center_key)
 
     def forward(self, z: Tensor, w: Tensor, tau: float) -> Tensor:
+        self.check_batch(z)
         logits = z @ w.T
-        q = theory.centering_teacher(logits, tau, self.center.to(logits.dtype))
+        q = theory.centering_teacher(logits, tau, self.centre.to(logits.dtype))
         if self.training:
-            ema_(self.center, global_mean(logits.float()), self.center_momentum)
+            ema_(self.centre, global_mean(logits.float()), self.centre_momentum)
         return q
+
+
+def _rename_center_key(module: nn.Module, state_dict: dict, prefix: str, *args: object) -> None:
+    """Checkpoints written before the buffer took the British spelling store it as ``center``."""
+    if prefix + "center" in state_dict and prefix + "centre" not in state_dict:
+        state_dict[prefix + "centre"] = state_dict.pop(prefix + "center")
 
 
 class BatchNormTeacher(Normaliser):
@@ -147,6 +171,7 @@ class BatchNormTeacher(Normaliser):
         self.eps = eps
 
     def forward(self, z: Tensor, w: Tensor, tau: float) -> Tensor:
+        self.check_batch(z)
         return theory.sphere_posterior(batch_standardise(z, self.eps), w, tau)
 
 
@@ -169,41 +194,57 @@ class Sinkhorn(Normaliser):
         self.iterations = iterations
 
     def forward(self, z: Tensor, w: Tensor, tau: float) -> Tensor:
+        self.check_batch(z)
         return sinkhorn_knopp(z @ w.T, tau, self.iterations)
 
 
 def sinkhorn_knopp(logits: Tensor, tau: float, iterations: int = 3) -> Tensor:
-    """Equipartitioned assignments ``q`` (rows sum to one, columns to ``B/K``) over the global batch."""
-    scores = logits.double() / theory.check_temperature(tau)
-    top = scores.max()
+    """Equipartitioned assignments ``q`` (rows sum to one, columns to ``B/K``) over the global batch.
+
+    SwAV's ``distributed_sinkhorn``: start from ``exp(logits / τ)`` and alternately scale every
+    cluster's column to mass ``1/K`` and every sample's row to ``1/B``, then multiply by ``B``.
+    Here each scaling is a subtraction in log space (log-sum-exp), so nothing under- or
+    overflows: the result stays exact as ``τ → 0`` and for logits of any magnitude, where
+    ``exp`` would turn whole columns into zeros. ``B`` and the column sums are those of the
+    batch of all processes.
+    """
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
+    if logits.shape[0] == 0:
+        raise ValueError("sinkhorn_knopp needs at least one sample: a batch of 0 has no equipartition")
+    log_q = logits.double() / theory.check_temperature(tau)                    # (B, K)
+    log_clusters = math.log(log_q.shape[1])
+    log_batch = all_sum(torch.tensor(float(log_q.shape[0]), device=log_q.device, dtype=log_q.dtype)).log()
+    for _ in range(iterations):
+        log_q = log_q - global_logsumexp(log_q) - log_clusters                  # each cluster: 1/K
+        log_q = log_q - log_q.logsumexp(dim=1, keepdim=True) - log_batch        # each sample: 1/B
+    return (log_q + log_batch).exp().to(logits.dtype)
+
+
+def global_logsumexp(x: Tensor) -> Tensor:
+    """``log Σ_x exp(x)`` over the first axis and over all processes' batches, shape ``(1, K)``."""
+    top = x.max(dim=0, keepdim=True).values
     if is_distributed():
         torch.distributed.all_reduce(top, op=torch.distributed.ReduceOp.MAX)
-    mass = (scores - top).exp().clamp_min(1e-300)                     # (B, K), never 0
-    clusters = mass.shape[1]
-    batch = all_sum(torch.tensor(float(mass.shape[0]), device=mass.device, dtype=mass.dtype))
-    mass = mass / all_sum(mass.sum())
-    for _ in range(iterations):
-        mass = mass / (all_sum(mass.sum(0)) * clusters)               # each cluster: 1/K
-        mass = mass / (mass.sum(1, keepdim=True) * batch)             # each sample: 1/B
-    return (mass * batch).to(logits.dtype)
+    return all_sum((x - top).exp().sum(dim=0, keepdim=True)).log() + top
 
 
-def check_prior_mode(prior: str) -> str:
+def check_prior_mode(prior: str) -> PriorMode:
     """Return ``prior`` or raise ``ValueError`` naming the allowed modes."""
     if prior not in PRIOR_MODES:
         raise ValueError(f"prior must be one of {', '.join(PRIOR_MODES)}; got {prior!r}")
-    return prior
+    return cast(PriorMode, prior)
 
 
-def check_normaliser(name: str) -> str:
+def check_normaliser(name: str) -> NormaliserName:
     """Return ``name`` or raise ``ValueError`` naming the allowed normalisers."""
     if name not in NORMALISERS:
         raise ValueError(f"unknown normaliser {name!r}; choose one of {', '.join(NORMALISERS)}")
-    return name
+    return cast(NormaliserName, name)
 
 
-def make_normaliser(name: str, clusters: int, lam: float = 1.0, prior: str = "running",
-                    prior_momentum: float = 0.9, center_momentum: float = 0.9,
+def make_normaliser(name: NormaliserName, clusters: int, lam: float = 1.0, prior: PriorMode = "running",
+                    prior_momentum: float = 0.9, centre_momentum: float = 0.9,
                     sinkhorn_iterations: int = 3) -> Normaliser:
     """Build the teacher normaliser called ``name`` (one of :data:`NORMALISERS`)."""
     check_normaliser(name)
@@ -212,7 +253,7 @@ def make_normaliser(name: str, clusters: int, lam: float = 1.0, prior: str = "ru
     if name == "inverse-prior":
         return InversePrior(clusters, lam, prior, prior_momentum)
     if name == "centering":
-        return Centering(clusters, center_momentum)
+        return Centering(clusters, centre_momentum)
     if name == "batchnorm":
         return BatchNormTeacher()
     return Sinkhorn(sinkhorn_iterations)

@@ -1,7 +1,7 @@
 """The paper's equations (1)-(23) as small tensor functions.
 
 Every function cites the equation it implements; the numbers are those of
-``paper/equations.md``. Shapes: ``z`` is ``(N, D)`` embeddings, ``w`` is ``(K, D)``
+``notebooks/equations.md``. Shapes: ``z`` is ``(N, D)`` embeddings, ``w`` is ``(K, D)``
 cluster weight (mean) vectors, probabilities ``p``/``q`` are ``(N, K)`` with rows
 summing to one. ``tau`` is the temperature (the isotropic variance of each cluster).
 
@@ -29,11 +29,28 @@ def check_temperature(tau: float, name: str = "tau") -> float:
     return value
 
 
-def _log_prior(prior: Tensor | None, like: Tensor, floor: float = PRIOR_FLOOR) -> Tensor:
-    """Log of a (floored, renormalised) prior over the K columns of ``like``; equal priors when None."""
+def check_prior(prior: Tensor, components: int) -> Tensor:
+    """Return ``prior`` if it is ``components`` finite values ``≥ 0``, not all zero; else ``ValueError``."""
+    if tuple(prior.shape) != (components,):
+        raise ValueError(f"prior must have one value for each of the {components} components, "
+                         f"got shape {tuple(prior.shape)}")
+    if not torch.isfinite(prior).all():
+        raise ValueError(f"prior must be finite, got {prior.tolist()}")
+    if (prior < 0).any():
+        raise ValueError(f"prior must not be negative, got {prior.tolist()}")
+    if not (prior > 0).any():
+        raise ValueError("prior must give at least one component a positive probability, got all zeros")
+    return prior
+
+
+def _log_prior(prior: Tensor | None, like: Tensor) -> Tensor:
+    """Log of a prior over the K columns of ``like``, renormalised; equal priors when None.
+
+    A prior of exactly 0 gives ``log 0 = -inf``: that component's posterior (1) is exactly 0.
+    """
     if prior is None:
         return torch.zeros(like.shape[-1], dtype=like.dtype, device=like.device)
-    prior = prior.to(like.dtype).clamp_min(floor)
+    prior = check_prior(prior, like.shape[-1]).to(like.dtype)
     return prior.log() - prior.sum().log()
 
 
@@ -71,16 +88,26 @@ def softmax_with_temperature(scores: Tensor, tau: float) -> Tensor:
 
 # ---------------------------------------------------------------- section 3: distillation
 
+def check_same_shape(q: Tensor, p: Tensor, what: str, p_name: str = "p") -> None:
+    """Raise ``ValueError`` naming both shapes unless ``q`` and ``p`` have the same shape
+    (broadcasting would silently compare samples with the wrong rows)."""
+    if q.shape != p.shape:
+        raise ValueError(f"{what} needs q and {p_name} of the same shape, got q {tuple(q.shape)} "
+                         f"and {p_name} {tuple(p.shape)}")
+
+
 def kl_divergence(q: Tensor, p: Tensor) -> Tensor:
     """Eq. (2): ``D(q‖p) = (1/N) Σ_x Σ_k q_k log(q_k / p_k)``, the mean over samples.
 
     Terms with ``q_k = 0`` contribute zero (``0 log 0 = 0``).
     """
+    check_same_shape(q, p, "kl_divergence")
     return (torch.special.xlogy(q, q) - torch.special.xlogy(q, p)).sum(-1).mean()
 
 
 def cross_entropy(q: Tensor, log_p: Tensor) -> Tensor:
     """Eq. (3)/(11): ``L_CE = -(1/N) Σ_x Σ_k q_k log p_k``; takes ``log p`` for stability."""
+    check_same_shape(q, log_p, "cross_entropy", "log_p")
     return -(q * log_p).sum(-1).mean()
 
 
@@ -199,15 +226,23 @@ def data_jensen_bound(z: Tensor, w: Tensor, tau: float) -> tuple[Tensor, Tensor]
     return lhs, rhs
 
 
-def centering_teacher(logits: Tensor, tau: float, center: Tensor | None = None) -> Tensor:
+def equal_normaliser_teacher(scores: Tensor, tau: float) -> Tensor:
+    """Eq. (17) once every sample's normaliser ``Σ_j exp(s_j(x'))`` is taken to be the same
+    constant, as (20) does: ``q_k(x) ∝ exp(s_k(x)) / ((1/N) Σ_x' exp(s_k(x')))``, with
+    ``s = scores / τ``. The data average is still exact; (21) is what replaces it next."""
+    s = scores / check_temperature(tau)
+    return (s - s.logsumexp(dim=0)).softmax(dim=-1)
+
+
+def centering_teacher(logits: Tensor, tau: float, centre: Tensor | None = None) -> Tensor:
     """Eq. (22)-(23): ``q_k(x) = softmax_k((l_k(x) - c_k) / τ)`` with ``l_k = w_k·z``.
 
-    ``center`` ``c`` defaults to the mean logit over the rows, ``c_k = w_k·z̄`` (eq. 21):
+    The centre ``c`` defaults to the mean logit over the rows, ``c_k = w_k·z̄`` (eq. 21):
     DINO's centering. DINO keeps ``c`` as an EMA of batch means instead.
     """
-    if center is None:
-        center = logits.mean(0)
-    return softmax_with_temperature(logits - center, tau)
+    if centre is None:
+        centre = logits.mean(0)
+    return softmax_with_temperature(logits - centre, tau)
 
 
 def prior_centering_gap(z: Tensor, w: Tensor, tau: float, lam: float = 1.0) -> Tensor:
@@ -221,3 +256,15 @@ def prior_centering_gap(z: Tensor, w: Tensor, tau: float, lam: float = 1.0) -> T
     exact = prior_teacher_from_logits(scores, tau, lam)
     log_centering = ((scores - scores.mean(0)) / check_temperature(tau)).log_softmax(dim=-1)
     return (torch.special.xlogy(exact, exact) - exact * log_centering).sum(-1).mean()
+
+
+def centering_offsets(scores: Tensor, tau: float) -> Tensor:
+    """``d_k = log π_k - (1/N) Σ_x s_k(x)``, ``s = scores / τ``: centering (23) is the exact
+    teacher (16)/(17) reweighted by ``exp(d_k)`` and renormalised over ``k``.
+
+    Only how ``d_k`` varies over ``k`` matters (a constant drops out); the two teachers are
+    equal exactly when it does not vary. ``π`` is the mean posterior (15) of the same rows.
+    """
+    s = scores / check_temperature(tau)
+    log_prior = s.log_softmax(dim=-1).logsumexp(dim=0) - torch.log(torch.tensor(float(s.shape[0]), dtype=s.dtype))
+    return log_prior - s.mean(0)

@@ -30,7 +30,6 @@ import signal
 import sys
 import threading
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator
 
@@ -40,15 +39,13 @@ from torch import Tensor, nn
 from . import data as data_lib
 from . import dist, metrics, theory
 from .augment import augmentation_for
+from .config import TrainConfig, settings_of_kind, with_changes
 from .models import build_model
-from .normalisers import (NORMALISERS, batch_standardise, check_momentum, check_normaliser,
-                          check_prior_mode, make_normaliser)
+from .normalisers import NORMALISERS, batch_standardise, make_normaliser
 
-DEVICES = ("auto", "cpu", "cuda")
-LIVE_SETTINGS = ("normaliser", "tau_student", "tau_teacher", "momentum", "lam", "prior",
-                 "copy_every", "lr")
+LIVE_SETTINGS = settings_of_kind("live")
 """Settings :meth:`Trainer.set` applies at the next step without restarting the run."""
-RESTART_SETTINGS = ("clusters", "dataset", "seed", "arch", "dim", "batch_size")
+RESTART_SETTINGS = settings_of_kind("restart")
 """Settings that rebuild the model and restart the run when changed with :meth:`Trainer.set`."""
 NAN_CHECK_EVERY = 50
 """On a GPU the loss is checked for NaN/Inf every this many steps (each check waits for the GPU)."""
@@ -64,78 +61,12 @@ class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a NaN loss); the message names the step and the likely cause."""
 
 
-@dataclass
-class TrainConfig:
-    """Everything a run needs; the field names are the command-line flags (``--tau-student``)."""
-
-    dataset: str = "digits"
-    normaliser: str = "inverse-prior"
-    clusters: int = 20
-    steps: int = 1000
-    epochs: float | None = None
-    seed: int = 0
-    tau_student: float = 0.1
-    tau_teacher: float = 0.04
-    momentum: float = 0.9
-    copy_every: int = 0
-    prior: str = "running"
-    prior_every: int = 0
-    lam: float = 1.0
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    lr_schedule: str = "constant"
-    warmup_steps: int = 0
-    device: str = "auto"
-    eval_every: int = 100
-    eval_size: int = 5000
-    data_dir: str | None = None
-    out: str | None = None
-    arch: str = "auto"
-    dim: int = 64
-    learnable_prototypes: bool = True
-    centred_prototypes: bool = False
-    student_batchnorm: bool = False
-    prior_momentum: float = 0.9
-    center_momentum: float = 0.9
-    compile: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
 def validate_config(config: TrainConfig) -> TrainConfig:
-    """Raise ``ValueError`` naming the first bad value and what is allowed; return ``config``."""
-    theory.check_temperature(config.tau_student, "tau_student")
-    theory.check_temperature(config.tau_teacher, "tau_teacher")
-    theory.check_lambda(config.lam)
-    check_momentum(config.momentum, "momentum")
-    check_momentum(config.prior_momentum, "prior_momentum")
-    check_momentum(config.center_momentum, "center_momentum")
-    check_normaliser(config.normaliser)
-    check_prior_mode(config.prior)
-    _check_int(config.clusters, "clusters (K)", minimum=2)
-    _check_int(config.steps, "steps", minimum=0)
-    _check_int(config.batch_size, "batch_size", minimum=2)
-    _check_int(config.eval_every, "eval_every", minimum=0)
-    _check_int(config.copy_every, "copy_every", minimum=0)
-    _check_int(config.prior_every, "prior_every", minimum=0)
-    if config.epochs is not None and not config.epochs > 0:
-        raise ValueError(f"epochs must be > 0, got {config.epochs!r}")
-    if not config.lr > 0:
-        raise ValueError(f"lr must be > 0, got {config.lr!r}")
-    if config.lr_schedule not in ("constant", "cosine"):
-        raise ValueError(f"lr_schedule must be constant or cosine, got {config.lr_schedule!r}")
-    if config.device not in DEVICES:
-        raise ValueError(f"unknown device {config.device!r}; choose one of {', '.join(DEVICES)}")
+    """Raise ``ValueError`` unless ``config`` can run on this machine; return ``config``.
+    (Each value was already checked when it was set: see :mod:`klteach.config`.)"""
     if config.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use cpu or auto")
     return config
-
-
-def _check_int(value: Any, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -190,7 +121,7 @@ class Trainer:
                  **overrides: Any) -> None:
         """``Trainer(TrainConfig(...))`` or ``Trainer(dataset="digits", normaliser="none", ...)``;
         ``data`` passes an already loaded :class:`~klteach.data.Dataset` instead of loading one."""
-        config = dataclasses.replace(config or TrainConfig(), **overrides)
+        config = with_changes(config or TrainConfig(), overrides)
         self.config = validate_config(config)
         self.device = resolve_device(config.device)
         dist.init_from_env(self.device)
@@ -245,17 +176,14 @@ class Trainer:
     def _make_normaliser(self):
         cfg = self.config
         return make_normaliser(cfg.normaliser, cfg.clusters, cfg.lam, cfg.prior,
-                               cfg.prior_momentum, cfg.center_momentum).to(self.device, torch.float32)
+                               cfg.prior_momentum, cfg.centre_momentum).to(self.device, torch.float32)
 
     # ------------------------------------------------------------------ live settings
     def set(self, **changes: Any) -> None:
         """Change settings; live ones (:data:`LIVE_SETTINGS`) apply at the next step, the others
         (:data:`RESTART_SETTINGS`) rebuild the model and restart at step 0. Bad values raise
         ``ValueError`` at once and change nothing."""
-        unknown = [k for k in changes if not hasattr(self.config, k)]
-        if unknown:
-            raise ValueError(f"unknown setting(s) {unknown}; live settings are {', '.join(LIVE_SETTINGS)}")
-        config = validate_config(dataclasses.replace(self.config, **changes))
+        config = validate_config(with_changes(self.config, changes))
         if "dataset" not in changes:
             check_batch_size(config.batch_size, self.dataset)
         with self._lock:

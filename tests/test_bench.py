@@ -1,4 +1,5 @@
 """``python -m klteach bench`` and the benchmark scripts, on the CPU with fast settings."""
+import dataclasses
 import datetime
 import importlib.util
 import json
@@ -57,9 +58,64 @@ def test_bench_cli_prints_and_writes_positive_figures(tmp_path, capsys):
     age = datetime.datetime.now(datetime.timezone.utc) - datetime.datetime.fromisoformat(record["date"])
     assert datetime.timedelta(0) <= age < datetime.timedelta(minutes=10)
     assert record["config"]["batch_size"] == 32 and record["config"]["dataset"] == "digits"
-    assert record["config"]["steps"] == 4                       # warm-up + timed: the LR schedule's span
+    threads = [row["threads"] for row in record["plain_loop"]]
+    assert threads == sorted(set(threads)) and 1 in threads
+    assert record["config"]["steps"] == 5 + 4 * len(threads)   # every library step: the LR schedule's span
+    assert record["flops_per_image"] > 0
+    assert record["achieved_tflops"] == pytest.approx(record["images_per_s"] * record["flops_per_image"] / 1e12)
     assert record["model"]["backbone"] == "MLP" and record["model"]["parameters"] > 0
     assert record["warmup_steps"] == 1 and record["timed_steps"] == 3
+    for row in record["plain_loop"]:
+        assert row["library_images_per_s"] > 0 and row["plain_images_per_s"] > 0
+        assert row["ratio"] == pytest.approx(row["library_images_per_s"] / row["plain_images_per_s"])
+        assert row["library_cpu_seconds"] > 0 and row["plain_cpu_seconds"] > 0
+    assert "vs plain loop" in printed and record["cpu_seconds"] > 0
+
+
+def test_defaults_fit_the_device():
+    cpu = bench.default_config("cpu")
+    assert (cpu.dataset, cpu.arch, cpu.device) == ("cifar10-sample", "cnn", "cpu") and cpu.eval_every == 0
+    assert cpu.batch_size <= 256                                   # about a minute on two cores
+    if torch.cuda.is_available():
+        gpu = bench.default_config("cuda")
+        assert (gpu.dataset, gpu.arch, gpu.batch_size) == ("cifar10", "resnet18", 512)
+    else:
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            Trainer(bench.default_config("cuda"))
+
+
+def test_datasheet_peaks_by_gpu_name():
+    assert bench.datasheet_tflops("NVIDIA H200") == 989 and bench.datasheet_tflops("NVIDIA H100 PCIe") == 756
+    assert bench.datasheet_tflops("NVIDIA A100-SXM4-80GB") == 312 and bench.datasheet_tflops("Tesla T4") is None
+
+
+def test_bench_does_not_import_the_command_line():
+    source = (REPO / "klteach" / "bench.py").read_text()
+    assert "__main__" not in source
+
+
+def test_typed_flags_override_the_device_defaults_and_nothing_else(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(bench, "run_benchmark", lambda config, **kw: seen.update(config=config, **kw) or {})
+    assert main(["bench", "--device", "cpu", "--batch-size", "16", "--lr", "0.002"]) == 0
+    expected = dataclasses.replace(bench.default_config("cpu"), batch_size=16, lr=0.002)
+    assert seen["config"] == expected
+    assert seen["bench_steps"] is None and seen["warmup"] is None and seen["json_path"] is None
+
+
+def test_plain_loop_computes_the_library_loss():
+    """Same model, views and loss: from equal weights on the same views the two losses agree
+    (so the timing compares like with like)."""
+    trainer = Trainer(TrainConfig(dataset="digits", clusters=10, batch_size=32, device="cpu", eval_every=0,
+                                  normaliser="centering"))
+    plain = bench.PlainLoop(trainer)
+    batch = trainer.dataset.train[:32]
+    generator = torch.Generator().manual_seed(3)
+    views = [trainer.augment(batch, generator), trainer.augment(batch, generator)]
+    with torch.no_grad():
+        assert float(plain.loss(torch.cat(views))) == pytest.approx(float(trainer._loss(*views)), rel=1e-5)
+    plain.step()                                                     # and it trains
+    assert not torch.equal(plain.student.prototypes.weight, trainer.student.prototypes.weight)
 
 
 def test_measure_throughput_times_exactly_the_asked_steps():
@@ -98,7 +154,7 @@ def test_bad_step_counts_are_refused_before_any_work(tmp_path, capsys):
 def test_missing_cifar10_archive_names_the_folder_and_the_alternatives(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(data, "CIFAR10_URL", (tmp_path / "no-such-archive.tar.gz").as_uri())
     folder = tmp_path / "data"
-    code, out = run_bench(tmp_path, "--data-dir", str(folder))   # default dataset: cifar10
+    code, out = run_bench(tmp_path, "--dataset", "cifar10", "--data-dir", str(folder))
     assert code == 2 and not out.exists()
     err = capsys.readouterr().err
     assert "Traceback" not in err

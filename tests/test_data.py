@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from klteach import data
-from klteach.data import Dataset, load_dataset, make_toy_sphere, to_float
+from klteach import cifar10, data
+from klteach.data import Dataset, DataWarning, fingerprint_change, load_dataset, make_toy_sphere, to_float
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_TARBALL = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
@@ -92,9 +92,9 @@ def write_image(path: Path, pixels: np.ndarray) -> None:
     Image.fromarray(pixels).save(path)
 
 
-def make_folder(root: Path, size: int = 6, rng=np.random.default_rng(0)) -> dict:
+def make_folder(root: Path, size: int = 6, seed: int = 0) -> dict:
     """ROOT/{train,test}/{cat,dog}/ with lossless PNGs; returns the pixels written."""
-    written = {}
+    rng, written = np.random.default_rng(seed), {}
     for split, count in [("train", 3), ("test", 2)]:
         for name in ("dog", "cat"):
             for i in range(count):
@@ -140,15 +140,68 @@ def test_folder_without_images(tmp_path):
         load_dataset(tmp_path)
 
 
-def test_non_image_and_corrupt_files_are_named(tmp_path):
+def test_non_images_hidden_files_and_readmes_are_skipped_with_one_note(tmp_path):
+    """torchvision's ImageFolder convention: only image extensions count, the rest is skipped."""
+    make_folder(tmp_path / "clean", seed=0)
+    clean = load_dataset(tmp_path / "clean")
+    root = tmp_path / "messy"
+    make_folder(root, seed=0)
+    junk = ["train/cat/.DS_Store", "train/cat/Thumbs.db", "train/dog/notes.txt", "train/README.md",
+            "test/dog/._0.png", "test/desktop.ini", "train/cat/.ipynb_checkpoints/0-checkpoint.png"]
+    for name in junk:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"not an image")
+    with pytest.warns(DataWarning) as notes:
+        d = load_dataset(root)
+    (note,) = [str(w.message) for w in notes]
+    assert "skipped 7 entries that are not images" in note and "\n" not in note
+    assert "(1 in test, 1 in test/dog, 1 in train, 3 in train/cat, 1 in train/dog)" in note
+    assert "Thumbs.db" in note and "README.md" in note
+    assert d.classes == clean.classes and torch.equal(d.train, clean.train) and torch.equal(d.test, clean.test)
+    assert fingerprint_change(clean.fingerprint, d.fingerprint) is None
+
+
+def test_images_in_nested_folders_belong_to_their_class(tmp_path):
     make_folder(tmp_path)
-    (tmp_path / "train" / "cat" / "notes.txt").write_text("hello")
-    with pytest.raises(ValueError, match="notes.txt"):
+    write_image(tmp_path / "train" / "dog" / "more" / "9.png", np.zeros((6, 6, 3), dtype=np.uint8))
+    d = load_dataset(tmp_path)
+    assert d.train.shape[0] == 7 and d.train_labels.tolist() == [0, 0, 0, 1, 1, 1, 1]
+
+
+def test_an_empty_class_folder_is_skipped_with_a_note(tmp_path):
+    make_folder(tmp_path)
+    (tmp_path / "train" / "bird").mkdir()
+    (tmp_path / "train" / "bird" / ".DS_Store").write_bytes(b"")
+    (tmp_path / "test" / "cat" / "0.png").rename(tmp_path / "test" / "cat" / "0.txt")
+    (tmp_path / "test" / "cat" / "1.png").unlink()
+    with pytest.warns(DataWarning) as notes:
+        d = load_dataset(tmp_path)
+    skipped_files, empty_classes = (str(w.message) for w in notes)
+    assert "skipped 2 entries that are not images" in skipped_files
+    assert "skipped 2 class folder(s) without images, not made classes: train/bird, test/cat" in empty_classes
+    assert d.classes == ["cat", "dog"] and d.test_labels.tolist() == [1, 1]
+    write_image(tmp_path / "test" / "bird" / "0.png", np.zeros((6, 6, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match=r"test/bird has images but .*train/bird has no images"):
         load_dataset(tmp_path)
-    (tmp_path / "train" / "cat" / "notes.txt").unlink()
+
+
+def test_a_file_with_an_image_extension_that_cannot_be_decoded_is_named(tmp_path):
+    make_folder(tmp_path)
     (tmp_path / "train" / "dog" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     with pytest.raises(ValueError, match=r"could not be read.*broken\.jpg"):
         load_dataset(tmp_path)
+
+
+def test_16_bit_pngs_are_scaled_to_8_bits(tmp_path):
+    make_folder(tmp_path)
+    levels = np.random.default_rng(1).integers(0, 65536, (6, 6), dtype=np.uint16)
+    write_image(tmp_path / "train" / "cat" / "deep.png", levels)             # a 16-bit greyscale PNG
+    with Image.open(tmp_path / "train" / "cat" / "deep.png") as image:
+        assert image.mode.startswith("I")
+    d = load_dataset(tmp_path)
+    expected = np.rint(levels / 257.0).astype(np.uint8)
+    for channel in d.train[3]:                                               # cat: 0, 1, 2, deep
+        assert np.array_equal(channel.numpy(), expected)
 
 
 def test_mixed_sizes_are_named(tmp_path):
@@ -175,6 +228,20 @@ def test_sample_is_balanced_real_and_small():
     assert load_dataset("cifar10-sample").train.float().mean() > 80
 
 
+@pytest.mark.parametrize("damage", ["truncated", "bit flipped", "not xz"])
+def test_a_corrupt_sample_archive_is_one_line_naming_it_and_the_repair(tmp_path, damage):
+    good = (REPO / "data" / data.SAMPLE_ARCHIVE).read_bytes()
+    bad = {"truncated": good[:len(good) // 2],
+           "bit flipped": good[:len(good) // 3] + bytes([good[len(good) // 3] ^ 0x10]) + good[len(good) // 3 + 1:],
+           "not xz": b"version https://git-lfs.github.com/spec/v1\n"}[damage]
+    (tmp_path / data.SAMPLE_ARCHIVE).write_bytes(bad)
+    with pytest.raises(ValueError) as error:
+        load_dataset("cifar10-sample", data_dir=tmp_path)
+    message = str(error.value)
+    assert str(tmp_path / data.SAMPLE_ARCHIVE) in message and "\n" not in message
+    assert "git checkout -- data/cifar10-sample.tar.xz" in message and "make_cifar10_sample.py" in message
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED_TARBALL.exists(), reason="needs ../shared/data/cifar10-jpg.tar.gz")
 def test_sample_rebuilds_byte_for_byte(tmp_path):
@@ -197,7 +264,7 @@ def test_corrupt_archive_fails_checksum_and_leaves_nothing(tmp_path):
     archive = tmp_path / data.CIFAR10_ARCHIVE
     archive.write_bytes(b"\x1f\x8b truncated download")
     actual = hashlib.md5(archive.read_bytes()).hexdigest()
-    with pytest.raises(ValueError, match=f"{data.CIFAR10_ARCHIVE}.*{actual}.*{data.CIFAR10_MD5}"):
+    with pytest.raises(ValueError, match=f"{data.CIFAR10_ARCHIVE}.*{actual}.*{cifar10.CIFAR10_MD5}"):
         load_dataset("cifar10", data_dir=tmp_path)
     assert leftovers(tmp_path) == [data.CIFAR10_ARCHIVE]  # nothing extracted, nothing half-written
 
@@ -237,7 +304,7 @@ def official_format_archive(images: np.ndarray, labels: list[int]) -> bytes:
 def test_download_extract_and_parse_the_official_format(tmp_path, monkeypatch):
     real = load_dataset("cifar10-sample").test[::400]  # 5 real images
     payload = official_format_archive(real.numpy(), [0, 1, 2, 3, 4])
-    monkeypatch.setattr(data, "CIFAR10_MD5", hashlib.md5(payload).hexdigest())
+    monkeypatch.setattr(cifar10, "CIFAR10_MD5", hashlib.md5(payload).hexdigest())
     monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: io.BytesIO(payload))
     d = load_dataset("cifar10", data_dir=tmp_path)
     assert d.train.shape == (25, 3, 32, 32) and d.test.shape == (5, 3, 32, 32)
@@ -248,10 +315,31 @@ def test_download_extract_and_parse_the_official_format(tmp_path, monkeypatch):
     assert torch.equal(load_dataset("cifar10", data_dir=tmp_path).test, real)
 
 
-def test_batches_that_would_run_code_are_refused(tmp_path):
-    (tmp_path / "bad").write_bytes(pickle.dumps({"x": print}))
+def official_format_folder(folder: Path, images: np.ndarray, labels: list[int]) -> None:
+    """An extracted ``cifar-10-batches-py`` with the official pickles (fewer images)."""
+    with tarfile.open(fileobj=io.BytesIO(official_format_archive(images, labels))) as tar:
+        tar.extractall(folder, filter="data")
+
+
+@pytest.mark.parametrize("damage, detail", [
+    (lambda raw: raw[:len(raw) // 2], "truncated"),
+    (lambda raw: pickle.dumps({b"data": np.zeros((5, 10), np.uint8), b"labels": [0] * 5}, protocol=2), "N x 3072"),
+    (lambda raw: pickle.dumps({"x": print}), "refusing"),
+])
+def test_a_corrupt_cifar_batch_file_is_one_line_naming_it(tmp_path, damage, detail):
+    official_format_folder(tmp_path, load_dataset("cifar10-sample").test[:5].numpy(), [0, 1, 2, 3, 4])
+    batch = tmp_path / data.CIFAR10_FOLDER / "data_batch_3"
+    batch.write_bytes(damage(batch.read_bytes()))
+    with pytest.raises(ValueError) as error:
+        load_dataset("cifar10", data_dir=tmp_path)
+    message = str(error.value)
+    assert str(batch) in message and "corrupt or truncated" in message and "load 'cifar10' again" in message
+    assert detail in message or detail == "truncated"
+
+
+def test_batches_that_would_run_code_are_refused():
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
-        data._read_batch(tmp_path / "bad")
+        cifar10.unpickle_batch(pickle.dumps({"x": print}))
 
 
 def test_dataset_repr_is_short():
@@ -273,6 +361,8 @@ def test_a_plain_pip_install_ships_the_cifar_sample_where_the_loader_looks(tmp_p
 
     repo, source = Path(__file__).resolve().parents[1], tmp_path / "source"    # build a copy: no build/ in the repo
     shutil.copytree(repo / "klteach", source / "klteach", ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in ("notebooks", "benchmarks/results"):        # pyproject ships the course inside the package
+        shutil.copytree(repo / folder, source / folder)
     (source / "data").mkdir()
     for name in ("pyproject.toml", "README.md", f"data/{SAMPLE_ARCHIVE}"):
         shutil.copy(repo / name, source / name)
@@ -284,3 +374,77 @@ def test_a_plain_pip_install_ships_the_cifar_sample_where_the_loader_looks(tmp_p
     shipped = [n for n in names if n.endswith(f"share/klteach/data/{SAMPLE_ARCHIVE}")]
     assert shipped, names
     assert INSTALLED_DATA_DIR.parts[-3:] == ("share", "klteach", "data")
+
+
+# ---------------------------------------------------------------- fingerprints (contract 4)
+
+def test_every_loader_gives_a_json_fingerprint_that_is_stable(tmp_path):
+    import json
+
+    make_folder(tmp_path)
+    for name in ("toy", "digits", "cifar10-sample", tmp_path):
+        first, second = load_dataset(name), load_dataset(name)
+        fingerprint = first.fingerprint
+        assert isinstance(fingerprint["files"], int) and len(fingerprint["sha256"]) == 64
+        assert json.loads(json.dumps(fingerprint)) == fingerprint
+        assert fingerprint == second.fingerprint and fingerprint_change(fingerprint, second.fingerprint) is None
+        assert first.to("cpu").fingerprint == fingerprint
+    assert load_dataset("toy").fingerprint["files"] == 0 and load_dataset("digits").fingerprint["files"] == 1
+    assert load_dataset("cifar10-sample").fingerprint["files"] == 12000
+    assert load_dataset(tmp_path).fingerprint["files"] == 10
+    assert load_dataset("digits", sample_size=100).fingerprint == load_dataset("digits").fingerprint
+
+
+def test_fingerprint_change_names_what_changed_in_an_image_folder(tmp_path):
+    make_folder(tmp_path)
+    before = load_dataset(tmp_path).fingerprint
+    for i in range(3, 6):
+        write_image(tmp_path / "train" / "cat" / f"{i}.png", np.zeros((6, 6, 3), dtype=np.uint8))
+    (tmp_path / "test" / "dog" / "1.png").unlink()
+    change = fingerprint_change(before, load_dataset(tmp_path).fingerprint)
+    assert change == "2 file(s) added (10 → 12 files): 1 removed from test/dog, 3 added in train/cat"
+    (tmp_path / "test" / "dog" / "0.png").rename(tmp_path / "test" / "dog" / "renamed.png")
+    for i in range(3, 6):
+        (tmp_path / "train" / "cat" / f"{i}.png").unlink()
+    write_image(tmp_path / "test" / "dog" / "1.png", np.zeros((6, 6, 3), dtype=np.uint8))
+    assert fingerprint_change(before, load_dataset(tmp_path).fingerprint) == \
+        "the file list differs: same count (10 files), different names"
+    (tmp_path / "test" / "dog" / "renamed.png").rename(tmp_path / "test" / "dog" / "0.png")
+    import shutil
+    shutil.copytree(tmp_path / "train", tmp_path / "moved" / "train")
+    shutil.copytree(tmp_path / "test", tmp_path / "moved" / "test")
+    assert fingerprint_change(before, load_dataset(tmp_path / "moved").fingerprint) is None   # same data elsewhere
+
+
+def test_fingerprint_change_for_generated_data_archives_and_old_checkpoints(tmp_path, monkeypatch):
+    toy = load_dataset("toy").fingerprint
+    assert fingerprint_change(toy, load_dataset("toy", seed=1).fingerprint) == (
+        "a different dataset: toy: make_toy_sphere, 2000 train + 1000 test points, seed 0 → "
+        "toy: make_toy_sphere, 2000 train + 1000 test points, seed 1")
+    assert fingerprint_change(toy, load_dataset("digits").fingerprint).startswith("a different dataset: toy")
+    assert fingerprint_change({}, toy) is None and fingerprint_change(None, toy) is None
+    # the official archive: a hash of the seven batch files as read
+    official_format_folder(tmp_path, load_dataset("cifar10-sample").test[:5].numpy(), [0, 1, 2, 3, 4])
+    before = load_dataset("cifar10", data_dir=tmp_path).fingerprint
+    assert before["files"] == 7 and before == load_dataset("cifar10", data_dir=tmp_path).fingerprint
+    official_format_folder(tmp_path, load_dataset("cifar10-sample").test[5:10].numpy(), [0, 1, 2, 3, 4])
+    assert fingerprint_change(before, load_dataset("cifar10", data_dir=tmp_path).fingerprint) == \
+        "the data differ: same number of files (7), different contents"
+
+
+def test_the_sample_has_the_fingerprint_of_the_folder_it_holds():
+    with tarfile.open(REPO / "data" / data.SAMPLE_ARCHIVE) as tar:
+        names = [m.name.split("/", 1)[1] for m in tar if m.isfile()]
+    sample = load_dataset("cifar10-sample").fingerprint
+    assert sample == data.names_fingerprint("cifar10-sample", names)
+    assert fingerprint_change(sample, data.names_fingerprint("image folder", names)) is None
+    assert sample["folders"]["train/airplane"] == 1000 and sample["folders"]["test/truck"] == 200
+
+
+def test_a_dataset_built_by_hand_is_fingerprinted_by_its_tensors():
+    images = torch.zeros(4, 3, 2, 2, dtype=torch.uint8)
+    a = Dataset("mine", images, None, images[:1], None, [], "images")
+    b = Dataset("mine", images + 1, None, images[:1], None, [], "images")
+    assert a.fingerprint["files"] == 0 and a.fingerprint != b.fingerprint
+    assert fingerprint_change(a.fingerprint, b.fingerprint) == \
+        "the data differ: same number of files (0), different contents"

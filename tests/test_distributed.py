@@ -68,7 +68,7 @@ def normaliser_outputs(z, w):
     for name in NORMALISERS:
         for prior in (("batch", "running") if name == "inverse-prior" else (None,)):
             teacher = make_normaliser(name, clusters=6, prior=prior or "running", prior_momentum=0.5,
-                                      center_momentum=0.5)
+                                      centre_momentum=0.5)
             teacher(z, w, TAU)
             key = name + (f"-{prior}" if prior else "")
             out[key] = {"q": teacher(z, w, TAU), **{k: v.clone() for k, v in teacher.state_dict().items()}}
@@ -170,7 +170,7 @@ def test_centres_and_priors_equal_one_process_over_the_combined_batch(ranks):
             else:            # centre / running prior: the same on every process, that of the whole batch
                 for r in results:
                     close(r["normalisers"][name][key], expected[key])
-    assert set(single["centering"]) == {"q", "center"}
+    assert set(single["centering"]) == {"q", "centre"}
     assert set(single["inverse-prior-running"]) == {"q", "running_prior", "full_prior"}
 
 

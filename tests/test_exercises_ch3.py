@@ -1,10 +1,12 @@
-"""Chapter 3 checkers: a right answer passes; each typical mistake gets its own message."""
+"""Chapter 3 checkers: a right answer passes; each typical mistake gets its own message; a stub
+and an answer that hands the work to the library get "not yet"."""
 import numpy as np
 import pytest
 import torch
 
 from klteach import theory
 from klteach.exercises import check_cluster_prior, check_inverse_prior_teacher, check_objective_gradient
+from klteach.exercises.ch3 import objective_gradient
 
 
 def verdict(capsys, check, answer):
@@ -29,7 +31,6 @@ def test_right_answers_pass(capsys):
     for check, answer in [(check_cluster_prior, lambda p: p.mean(0)),
                           (check_cluster_prior, lambda p: np.asarray(p).sum(0) / len(p)),
                           (check_inverse_prior_teacher, numpy_teacher),
-                          (check_inverse_prior_teacher, theory.inverse_prior_teacher),
                           (check_objective_gradient, numpy_gradient)]:
         ok, out = verdict(capsys, check, answer)
         assert ok and out.startswith("✔"), out
@@ -104,3 +105,45 @@ def test_objective_gradient_reference_is_eq_12():
     np.testing.assert_allclose(grad.numpy(), numpy_gradient(q, p, 0.7), atol=1e-12)
     # stationarity (13): the gradient is the same for every k (it equals -μ_x)
     assert float((grad - grad.mean(1, keepdim=True)).abs().max()) < 1e-8
+
+
+def stub(*args):
+    # YOUR CODE HERE
+    raise NotImplementedError()
+
+
+def autograd_of_library_objective(q, p, lam):
+    q = q.clone().requires_grad_(True)
+    theory.regularised_objective(q, p, lam).backward()
+    return q.grad
+
+
+VERDICTS = [
+    # 3.1: eq. (15)
+    (check_cluster_prior, stub, "✘ Not yet", "replace the `raise NotImplementedError()` in stub"),
+    (check_cluster_prior, lambda p: p.sum(0), "✘ Not yet", "sum to N"),
+    (check_cluster_prior, lambda p: theory.cluster_prior(p), "✘ Not yet", "calls klteach.theory.cluster_prior"),
+    (check_cluster_prior, lambda p: p.mean(0), "✔ Correct", "eq. 15"),
+    # 3.2: eq. (14)/(16), also through the library's normaliser
+    (check_inverse_prior_teacher, stub, "✘ Not yet", "replace the `raise NotImplementedError()`"),
+    (check_inverse_prior_teacher, lambda p, prior, lam: numpy_teacher(p, 1 / prior, lam), "✘ Not yet", "DIVIDES"),
+    (check_inverse_prior_teacher, lambda p, prior, lam: theory.inverse_prior_teacher(p, prior, lam), "✘ Not yet",
+     "calls klteach.theory.inverse_prior_teacher"),
+    (check_inverse_prior_teacher, lambda p, prior, lam: theory.prior_teacher_from_logits(p.log(), 1.0, lam),
+     "✘ Not yet", "calls klteach.theory.inverse_prior_teacher"),
+    (check_inverse_prior_teacher, numpy_teacher, "✔ Correct", "eq. 14/16"),
+    # 3.3: eq. (12)
+    (check_objective_gradient, stub, "✘ Not yet", "replace the `raise NotImplementedError()`"),
+    (check_objective_gradient, lambda q, p, lam: ((q / p).log() + 1) / q.shape[0], "✘ Not yet", "entropy term"),
+    (check_objective_gradient, autograd_of_library_objective, "✘ Not yet",
+     "calls klteach.theory.regularised_objective"),
+    (check_objective_gradient, lambda q, p, lam: objective_gradient(q, p, lam), "✘ Not yet",
+     "calls klteach.exercises.ch3.objective_gradient"),
+    (check_objective_gradient, numpy_gradient, "✔ Correct", "autograd's gradient of (10)"),
+]
+
+
+@pytest.mark.parametrize("check, answer, verdict_start, phrase", VERDICTS)
+def test_stub_slip_delegation_and_right_answer(capsys, check, answer, verdict_start, phrase):
+    ok, out = verdict(capsys, check, answer)
+    assert ok == verdict_start.startswith("✔") and out.startswith(verdict_start) and phrase in out, out

@@ -1,4 +1,5 @@
-"""Chapter 4 checkers: a right answer passes; each typical mistake gets its own message."""
+"""Chapter 4 checkers: a right answer passes; each typical mistake gets its own message; a stub
+and an answer that hands the work to the library get "not yet"."""
 import math
 import re
 
@@ -42,12 +43,18 @@ def numpy_gap(z, w, tau):
     return (a * np.log(a / b)).sum(1).mean()
 
 
+def library_teachers_gap(z, w, tau):
+    """The gap with the library's two teachers, which the exercise allows."""
+    exact = theory.prior_teacher_from_logits(z @ w.T, tau)
+    centred = theory.centering_teacher(z @ w.T, tau)
+    return theory.kl_divergence(exact, centred)
+
+
 def test_right_answers_pass(capsys):
     for check, answer in [(check_normaliser_lower_bound, numpy_bound),
                           (check_centering_teacher, numpy_centering),
-                          (check_centering_teacher, theory.centering_teacher),
                           (check_prior_centering_gap, numpy_gap),
-                          (check_prior_centering_gap, theory.prior_centering_gap)]:
+                          (check_prior_centering_gap, library_teachers_gap)]:
         ok, out = verdict(capsys, check, answer)
         assert ok and out.startswith("✔"), out
 
@@ -73,14 +80,14 @@ def test_bound_mistakes_are_named(capsys, wrong, phrase):
 
 
 @pytest.mark.parametrize("wrong, phrase", [
-    (lambda l, t: numpy_softmax(np.asarray(l) / t), "nothing was centred"),
-    (lambda l, t: numpy_softmax((np.asarray(l) - np.asarray(l).mean(1, keepdims=True)) / t), "nothing was centred"),
-    (lambda l, t: numpy_softmax((np.asarray(l) + np.asarray(l).mean(0)) / t), "wrong sign"),
-    (lambda l, t: numpy_softmax(np.asarray(l) - np.asarray(l).mean(0)), "divide the centred logits"),
-    (lambda l, t: numpy_softmax((np.asarray(l) - np.asarray(l).mean(0)) * t), "do not multiply"),
-    (lambda l, t: numpy_softmax((np.asarray(l) - np.asarray(l).mean(0)) / t, axis=0), "dim 1"),
-    (lambda l, t: numpy_centering(l, t)[:, :3], "shape"),
-    (lambda l, t: np.roll(numpy_centering(l, t), 1, axis=0), "the library gives"),
+    (lambda x, t: numpy_softmax(np.asarray(x) / t), "nothing was centred"),
+    (lambda x, t: numpy_softmax((np.asarray(x) - np.asarray(x).mean(1, keepdims=True)) / t), "nothing was centred"),
+    (lambda x, t: numpy_softmax((np.asarray(x) + np.asarray(x).mean(0)) / t), "wrong sign"),
+    (lambda x, t: numpy_softmax(np.asarray(x) - np.asarray(x).mean(0)), "divide the centred logits"),
+    (lambda x, t: numpy_softmax((np.asarray(x) - np.asarray(x).mean(0)) * t), "do not multiply"),
+    (lambda x, t: numpy_softmax((np.asarray(x) - np.asarray(x).mean(0)) / t, axis=0), "dim 1"),
+    (lambda x, t: numpy_centering(x, t)[:, :3], "shape"),
+    (lambda x, t: np.roll(numpy_centering(x, t), 1, axis=0), "the library gives"),
 ])
 def test_centering_mistakes_are_named(capsys, wrong, phrase):
     ok, out = verdict(capsys, check_centering_teacher, wrong)
@@ -100,3 +107,39 @@ def test_centering_mistakes_are_named(capsys, wrong, phrase):
 def test_gap_mistakes_are_named(capsys, wrong, phrase):
     ok, out = verdict(capsys, check_prior_centering_gap, wrong)
     assert not ok and out.startswith("✘") and phrase in out, out
+
+
+def stub(*args):
+    # YOUR CODE HERE
+    raise NotImplementedError()
+
+
+VERDICTS = [
+    # 4.1: eq. (18); the exercise allows the library's w̄ (eq. 19)
+    (check_normaliser_lower_bound, stub, "✘ Not yet", "replace the `raise NotImplementedError()` in stub"),
+    (check_normaliser_lower_bound, lambda z, w, tau: z @ w.mean(0) / tau, "✘ Not yet", "log K is missing"),
+    (check_normaliser_lower_bound, lambda z, w, tau: theory.normaliser_jensen_bound(z, w, tau)[1], "✘ Not yet",
+     "calls klteach.theory.normaliser_jensen_bound"),
+    (check_normaliser_lower_bound, lambda z, w, tau: math.log(len(w)) + z @ theory.mean_weight_vector(w) / tau,
+     "✔ Correct", "eq. 18"),
+    (check_normaliser_lower_bound, numpy_bound, "✔ Correct", "eq. 18"),
+    # 4.2: eq. (23), also through the library's normaliser
+    (check_centering_teacher, stub, "✘ Not yet", "replace the `raise NotImplementedError()`"),
+    (check_centering_teacher, lambda x, t: numpy_softmax(np.asarray(x) / t), "✘ Not yet", "nothing was centred"),
+    (check_centering_teacher, lambda x, t: theory.centering_teacher(x, t), "✘ Not yet",
+     "calls klteach.theory.centering_teacher"),
+    (check_centering_teacher, numpy_centering, "✔ Correct", "eq. 23"),
+    # 4.3: the gap; the exercise allows the library's two teachers
+    (check_prior_centering_gap, stub, "✘ Not yet", "replace the `raise NotImplementedError()`"),
+    (check_prior_centering_gap, lambda z, w, t: -numpy_gap(z, w, t), "✘ Not yet", "never negative"),
+    (check_prior_centering_gap, lambda z, w, t: theory.prior_centering_gap(z, w, t), "✘ Not yet",
+     "calls klteach.theory.prior_centering_gap"),
+    (check_prior_centering_gap, library_teachers_gap, "✔ Correct", "the gap is"),
+    (check_prior_centering_gap, numpy_gap, "✔ Correct", "the gap is"),
+]
+
+
+@pytest.mark.parametrize("check, answer, verdict_start, phrase", VERDICTS)
+def test_stub_slip_delegation_and_right_answer(capsys, check, answer, verdict_start, phrase):
+    ok, out = verdict(capsys, check, answer)
+    assert ok == verdict_start.startswith("✔") and out.startswith(verdict_start) and phrase in out, out

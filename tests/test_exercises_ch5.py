@@ -1,10 +1,12 @@
-"""Chapter 5 checkers: a right answer passes; each typical mistake gets its own message."""
+"""Chapter 5 checkers: a right answer passes; each typical mistake gets its own message; a stub
+and an answer that hands the work to the library get "not yet"."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
+from klteach import metrics
 from klteach.exercises import check_effective_clusters, check_knn_accuracy
 
 
@@ -101,3 +103,32 @@ def test_checkers_leave_inputs_alone(capsys):
         return 1.0
     ok, out = verdict(capsys, check_effective_clusters, in_place)
     assert not ok and "in place" in out
+
+
+def stub(*args):
+    # YOUR CODE HERE
+    raise NotImplementedError()
+
+
+VERDICTS = [
+    # 5.1: exp(H(π)), eq. (8)/(15)
+    (check_effective_clusters, stub, "✘ Not yet", "replace the `raise NotImplementedError()` in stub"),
+    (check_effective_clusters, lambda p: entropy(p.mean(0)), "✘ Not yet", "entropy H(π) itself"),
+    (check_effective_clusters, lambda p: metrics.effective_clusters(p), "✘ Not yet",
+     "calls klteach.metrics.effective_clusters"),
+    (check_effective_clusters, lambda p: metrics.assignment_metrics(p)["effective_clusters"], "✘ Not yet",
+     "calls klteach.metrics.effective_clusters"),
+    (check_effective_clusters, numpy_effective_clusters, "✔ Correct", "exp(H(π))"),
+    # 5.2: weighted kNN accuracy
+    (check_knn_accuracy, stub, "✘ Not yet", "replace the `raise NotImplementedError()`"),
+    (check_knn_accuracy, lambda *c: 100 * numpy_knn_accuracy(*c), "✘ Not yet", "percentage"),
+    (check_knn_accuracy, lambda tz, ty, sz, sy, k, t: metrics.knn_accuracy(tz, ty, sz, sy, k, t), "✘ Not yet",
+     "calls klteach.metrics.knn_accuracy"),
+    (check_knn_accuracy, numpy_knn_accuracy, "✔ Correct", "klteach.metrics.knn_accuracy"),
+]
+
+
+@pytest.mark.parametrize("check, answer, verdict_start, phrase", VERDICTS)
+def test_stub_slip_delegation_and_right_answer(capsys, check, answer, verdict_start, phrase):
+    ok, out = verdict(capsys, check, answer)
+    assert ok == verdict_start.startswith("✔") and out.startswith(verdict_start) and phrase in out, out

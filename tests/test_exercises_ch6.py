@@ -1,4 +1,5 @@
-"""Chapter 6 checkers: a right answer passes; each typical mistake gets its own message."""
+"""Chapter 6 checkers: a right answer passes; each typical mistake gets its own message; a stub
+and an answer that hands the work to the library get "not yet"."""
 import math
 
 import numpy as np
@@ -6,7 +7,11 @@ import pytest
 import torch
 from torch.nn.functional import normalize
 
+from klteach import theory
 from klteach.exercises import check_centred_weights, check_sinkhorn, check_temperature_for_dimension
+from klteach.exercises.ch6 import random_logit_std
+from klteach.models import Prototypes
+from klteach.normalisers import sinkhorn_knopp
 
 
 def verdict(capsys, check, answer):
@@ -102,3 +107,51 @@ def test_sinkhorn_mistakes_are_named(capsys, wrong, phrase):
 def test_temperature_mistakes_are_named(capsys, wrong, phrase):
     ok, out = verdict(capsys, check_temperature_for_dimension, wrong)
     assert not ok and out.startswith("✘") and phrase in out, out
+
+
+def stub(*args):
+    # YOUR CODE HERE
+    raise NotImplementedError()
+
+
+def centred_by_the_model(w):
+    prototypes = Prototypes(w.shape[1], w.shape[0], learnable=False, centred=True)
+    prototypes.weight = w.float()
+    return prototypes.unit_weights
+
+
+def bisect_on_the_checkers_measurement(dim, logit_std):
+    low, high = 1e-4, 1e3
+    for _ in range(60):
+        middle = math.sqrt(low * high)
+        low, high = (middle, high) if random_logit_std(dim, middle) > logit_std else (low, middle)
+    return math.sqrt(low * high)
+
+
+VERDICTS = [
+    # 6.1: eq. (19)-(20)
+    (check_centred_weights, stub, "✘ Not yet", "replace the `raise NotImplementedError()` in stub"),
+    (check_centred_weights, lambda w: unit(w) - unit(w).mean(0), "✘ Not yet", "no longer unit vectors"),
+    (check_centred_weights, centred_by_the_model, "✘ Not yet", "calls klteach.theory.centre_weights"),
+    (check_centred_weights, lambda w: unit(theory.centre_weights(unit(w))), "✘ Not yet",
+     "calls klteach.theory.centre_weights"),
+    (check_centred_weights, numpy_centre, "✔ Correct", "‖w̄‖"),
+    # 6.2: Sinkhorn-Knopp
+    (check_sinkhorn, stub, "✘ Not yet", "replace the `raise NotImplementedError()`"),
+    (check_sinkhorn, lambda logits, tau, it: torch.softmax(logits / tau, dim=1), "✘ Not yet", "plain softmax"),
+    (check_sinkhorn, lambda logits, tau, it: sinkhorn_knopp(logits, tau, it), "✘ Not yet",
+     "calls klteach.normalisers.sinkhorn_knopp"),
+    (check_sinkhorn, numpy_sinkhorn, "✔ Correct", "cluster sizes"),
+    # 6.3: τ for a dimension; no library version, but the checker's own measurement must not do the work
+    (check_temperature_for_dimension, stub, "✘ Not yet", "replace the `raise NotImplementedError()`"),
+    (check_temperature_for_dimension, lambda dim, s: 1 / (s * dim), "✘ Not yet", "VARIANCE"),
+    (check_temperature_for_dimension, bisect_on_the_checkers_measurement, "✘ Not yet",
+     "calls klteach.exercises.ch6.random_logit_std"),
+    (check_temperature_for_dimension, lambda dim, s: 1 / (s * math.sqrt(dim)), "✔ Correct", "τ = 1/(s·√D)"),
+]
+
+
+@pytest.mark.parametrize("check, answer, verdict_start, phrase", VERDICTS)
+def test_stub_slip_delegation_and_right_answer(capsys, check, answer, verdict_start, phrase):
+    ok, out = verdict(capsys, check, answer)
+    assert ok == verdict_start.startswith("✔") and out.startswith(verdict_start) and phrase in out, out

@@ -72,11 +72,11 @@ def test_full_prior_is_used_as_set(batch):
 
 def test_centering_uses_the_previous_centre_then_updates_it(batch):
     z, w = batch
-    teacher = make_normaliser("centering", 6, center_momentum=0.9)
+    teacher = make_normaliser("centering", 6, centre_momentum=0.9)
     q_first = teacher(z, w, 0.1)
     assert torch.allclose(q_first, theory.sphere_posterior(z, w, 0.1), atol=1e-6)   # centre starts at 0
-    assert torch.allclose(teacher.center, 0.1 * (z @ w.T).mean(0), atol=1e-6)
-    centre = teacher.center.clone()
+    assert torch.allclose(teacher.centre, 0.1 * (z @ w.T).mean(0), atol=1e-6)
+    centre = teacher.centre.clone()
     assert torch.allclose(teacher(z, w, 0.1), theory.centering_teacher(z @ w.T, 0.1, centre), atol=1e-6)
 
 
@@ -96,12 +96,98 @@ def test_sinkhorn_equipartitions_the_batch(batch):
     assert torch.allclose(q.sum(0), torch.full((6,), 64 / 6), atol=1e-3)
 
 
+def test_a_centre_saved_under_the_old_spelling_still_loads(batch):
+    z, w = batch
+    saved = make_normaliser("centering", 6)
+    saved(z, w, 0.1)
+    old_checkpoint = {"center": saved.state_dict()["centre"]}
+    restored = make_normaliser("centering", 6)
+    restored.load_state_dict(old_checkpoint)
+    assert torch.equal(restored.centre, saved.centre)
+
+
+@pytest.mark.parametrize("name", [n for n in NORMALISERS if n != "none"])
+def test_an_empty_batch_in_training_is_refused_and_changes_nothing(batch, name):
+    z, w = batch
+    teacher = make_normaliser(name, 6)
+    teacher(z, w, 0.1)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    with pytest.raises(ValueError, match="empty batch"):
+        teacher(z[:0], w, 0.1)
+    for key, value in teacher.state_dict().items():
+        assert torch.equal(value, before[key]) and torch.isfinite(value).all(), key
+    assert torch.isfinite(teacher(z, w, 0.1)).all()
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"name": "whitening"}, "unknown normaliser 'whitening'"),
     ({"name": "inverse-prior", "prior": "epoch"}, "prior must be one of batch, running, full"),
     ({"name": "inverse-prior", "lam": -0.5}, "lam must be"),
-    ({"name": "centering", "center_momentum": 1.0}, r"center_momentum must be in \[0, 1\)"),
+    ({"name": "centering", "centre_momentum": 1.0}, r"centre_momentum must be in \[0, 1\)"),
 ])
 def test_bad_settings_are_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         make_normaliser(clusters=4, **kwargs)
+
+
+# ---------------------------------------------------------------- Sinkhorn at the edges (issue 10)
+
+def swav_sinkhorn(scores, epsilon, iterations, exp=torch.exp):
+    """SwAV's ``distributed_sinkhorn`` in one process, from its description, in exp space.
+
+    ``Q = exp(scores / ε)``, read as a K x B matrix, is scaled to total mass 1; every iteration
+    scales each prototype's row to mass 1/K, then each sample's column to 1/B; at the end the
+    columns are multiplied by B, so every sample's assignment sums to one. Works on float64
+    tensors, or on nested lists of Decimals when ``exp`` is ``Decimal.exp``."""
+    rows, cols = len(scores), len(scores[0])
+    q = [[exp(scores[i][k] / epsilon) for i in range(rows)] for k in range(cols)]   # K x B
+    total = sum(sum(row) for row in q)
+    q = [[v / total for v in row] for row in q]
+    for _ in range(iterations):
+        q = [[v / (sum(row) * cols) for v in row] for row in q]
+        col_sums = [sum(q[k][i] for k in range(cols)) for i in range(rows)]
+        q = [[q[k][i] / (col_sums[i] * rows) for i in range(rows)] for k in range(cols)]
+    return [[q[k][i] * rows for k in range(cols)] for i in range(rows)]                # B x K
+
+
+def exact_sinkhorn(logits, tau, iterations):
+    """SwAV's algorithm in 60-digit decimal arithmetic: exact where float64 under- or overflows."""
+    import decimal
+
+    context = decimal.Context(prec=60, Emax=10**9, Emin=-10**9)
+    with decimal.localcontext(context):
+        scores = [[decimal.Decimal(float(v)) for v in row] for row in logits.double()]
+        q = swav_sinkhorn(scores, decimal.Decimal(tau), iterations, exp=lambda d: d.exp())
+        return torch.tensor([[float(v) for v in row] for row in q], dtype=torch.float64)
+
+
+def cosine_logits(rows=12, clusters=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z, w = unit(torch.randn(rows, 8, generator=g, dtype=torch.float64)), \
+        unit(torch.randn(clusters, 8, generator=g, dtype=torch.float64))
+    return z @ w.T
+
+
+@pytest.mark.parametrize("tau, iterations", [(0.1, 3), (0.05, 3), (0.05, 1), (0.5, 20)])
+def test_sinkhorn_equals_swav_where_swav_is_finite(tau, iterations):
+    logits = cosine_logits()
+    reference = torch.tensor(swav_sinkhorn(logits.tolist(), tau, iterations,
+                                           exp=lambda v: torch.tensor(v, dtype=torch.float64).exp()))
+    assert torch.isfinite(reference).all()
+    torch.testing.assert_close(sinkhorn_knopp(logits, tau, iterations), reference, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("tau, scale", [(1e-3, 1.0), (1e-5, 1.0), (0.05, 1e3)])
+def test_sinkhorn_is_exact_at_low_temperature_and_huge_logits(tau, scale):
+    """Where SwAV's exp underflows (whole columns), the log-domain result still equals the exact one."""
+    logits = cosine_logits() * scale
+    logits[:, 1] -= 1e3 * (scale > 1)           # a column far below the rest: it underflowed to uniform
+    q = sinkhorn_knopp(logits, tau, 3)
+    torch.testing.assert_close(q, exact_sinkhorn(logits, tau, 3), rtol=0, atol=1e-9)
+    assert torch.allclose(q.sum(1), torch.ones(len(q), dtype=q.dtype))
+    assert q.max(1).values.min() > 0.5          # sharp assignments, not near-uniform rows
+
+
+def test_sinkhorn_in_float32_matches_float64():
+    logits = cosine_logits(64, 10)
+    torch.testing.assert_close(sinkhorn_knopp(logits.float(), 0.05), sinkhorn_knopp(logits, 0.05).float())

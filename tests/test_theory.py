@@ -10,7 +10,6 @@ from scipy.special import logsumexp, softmax
 from klteach import theory
 
 
-
 @pytest.fixture(autouse=True)
 def float64_default():
     """Exact comparisons in float64, restored afterwards so other test files keep float32."""
@@ -151,6 +150,35 @@ def test_centering_approaches_inverse_prior_as_logit_spread_shrinks(rng):
     assert gaps_spread[-1] < 1e-4
 
 
+def test_centering_is_the_exact_teacher_reweighted_by_the_centering_offsets(rng):
+    z = torch.tensor(unit(rng.normal(size=(40, 8))))
+    w = torch.tensor(unit(rng.normal(size=(6, 8))))
+    scores, tau = z @ w.T, 0.1
+    exact = theory.prior_teacher_from_logits(scores, tau)                 # (16)/(17)
+    d = theory.centering_offsets(scores, tau)
+    # independent: log pi_k from numpy, minus the data mean of the logits
+    s = scores.numpy() / tau
+    expected = np.log(softmax(s, axis=1).mean(0)) - s.mean(0)
+    np.testing.assert_allclose(d.numpy(), expected, rtol=1e-10)
+    reweighted = (exact.log() + d).softmax(dim=-1)
+    np.testing.assert_allclose(reweighted.numpy(), theory.centering_teacher(scores, tau).numpy(), atol=1e-12)
+    # the offsets do vary here, so the teachers differ; a constant offset would change nothing
+    assert float(d.std()) > 0.1 and float(theory.prior_centering_gap(z, w, tau)) > 1e-4
+
+
+def test_equal_normaliser_teacher_is_17_when_every_normaliser_is_the_same(rng):
+    scores, tau = torch.tensor(rng.normal(size=(30, 5))), 0.3
+    s = scores.numpy() / tau
+    expected = softmax(s - logsumexp(s, axis=0), axis=1)                  # exp(s_k(x)) / sum_x' exp(s_k(x'))
+    np.testing.assert_allclose(theory.equal_normaliser_teacher(scores, tau).numpy(), expected, rtol=1e-10)
+    # rows whose logits share one log-normaliser: then it is the exact teacher (17)
+    equalised = scores - tau * torch.logsumexp(scores / tau, dim=1, keepdim=True)
+    np.testing.assert_allclose(theory.equal_normaliser_teacher(equalised, tau).numpy(),
+                               theory.prior_teacher_from_logits(equalised, tau).numpy(), atol=1e-12)
+    with pytest.raises(ValueError, match="tau"):
+        theory.equal_normaliser_teacher(scores, 0)
+
+
 def test_extreme_temperatures_and_logits_stay_finite():
     logits = torch.tensor([[1e4, -1e4, 0.0], [0.0, 1e4, 1e4]])
     for q in (theory.softmax_with_temperature(logits, 0.01), theory.centering_teacher(logits, 0.01),
@@ -167,3 +195,30 @@ def test_bad_temperature_is_a_clear_error(tau):
 def test_negative_lambda_is_a_clear_error():
     with pytest.raises(ValueError, match="lam"):
         theory.inverse_prior_teacher(torch.full((2, 3), 1 / 3), lam=-1)
+
+
+def test_a_component_with_prior_zero_gets_posterior_zero():
+    """Eq. (1) with π_0 = 0: component 0 is impossible, however close z is to w_0."""
+    z = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    w = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 3.0]])
+    p = theory.posterior(z, w, 0.1, torch.tensor([0.0, 0.5, 0.5]))
+    assert (p[:, 0] == 0).all()
+    np.testing.assert_allclose(p[:, 1:].numpy(), theory.posterior(z, w[1:], 0.1).numpy(), rtol=1e-12)
+    assert torch.isneginf(theory.log_posterior(z, w, 0.1, torch.tensor([0.0, 0.5, 0.5]))[:, 0]).all()
+
+
+@pytest.mark.parametrize("prior, message", [
+    ([0.0, 0.0, 0.0], "at least one"), ([0.5, -0.1, 0.6], "negative"), ([0.5, float("nan"), 0.5], "finite"),
+    ([0.5, 0.5], "3 components"),
+])
+def test_bad_priors_are_clear_errors(prior, message):
+    with pytest.raises(ValueError, match=message):
+        theory.posterior(torch.zeros(2, 2), torch.eye(3, 2), 0.1, torch.tensor(prior))
+
+
+def test_kl_divergence_of_mismatched_shapes_names_both():
+    q, p = torch.full((4, 3), 1 / 3), torch.full((1, 3), 1 / 3)
+    with pytest.raises(ValueError, match=r"q \(4, 3\).*p \(1, 3\)"):
+        theory.kl_divergence(q, p)
+    with pytest.raises(ValueError, match=r"\(4, 3\).*\(4, 2\)"):
+        theory.cross_entropy(q, torch.zeros(4, 2))

@@ -15,15 +15,15 @@ def toy(**kw):
 
 
 @pytest.mark.parametrize("setting, value, message", [
-    ("tau_student", 0.0, "tau_student must be a positive"),
-    ("tau_teacher", -0.1, "tau_teacher must be a positive"),
-    ("clusters", 1, r"clusters \(K\) must be an integer >= 2"),
+    ("tau_student", 0.0, "tau_student must be a finite number > 0"),
+    ("tau_teacher", -0.1, "tau_teacher must be a finite number > 0"),
+    ("clusters", 1, r"clusters \(K\) must be an integer in \[2, 100000\]"),
     ("normaliser", "zca", "unknown normaliser 'zca'"),
-    ("momentum", 1.0, r"momentum must be in \[0, 1\)"),
-    ("momentum", -0.1, r"momentum must be in \[0, 1\)"),
+    ("momentum", 1.0, r"momentum must be a finite number in \[0, 1\)"),
+    ("momentum", -0.1, r"momentum must be a finite number in \[0, 1\)"),
     ("lam", -1.0, "lam must be a finite number >= 0"),
     ("device", "tpu", "unknown device 'tpu'"),
-    ("prior", "epoch", "prior must be one of batch, running, full"),
+    ("prior", "epoch", "unknown prior 'epoch'; choose one of batch, running, full"),
 ])
 def test_bad_settings_are_refused_with_the_value_and_what_is_allowed(setting, value, message):
     with pytest.raises(ValueError, match=message):
@@ -153,8 +153,8 @@ def test_cli_resume_continues_a_run_exactly_and_refuses_changed_settings(tmp_pat
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--tau-teacher", "0"], "tau_teacher must be a positive"),
-    (["--clusters", "1"], "clusters (K) must be an integer >= 2"),
+    (["--tau-teacher", "0"], "tau_teacher must be a finite number > 0"),
+    (["--clusters", "1"], "clusters (K) must be an integer in [2, 100000]"),
     (["--normaliser", "zca"], "unknown normaliser 'zca'"),
     (["--dataset", "/no/such/folder"], "/no/such/folder"),
 ])

@@ -11,7 +11,8 @@ in :mod:`klteach.exercises.checking`.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -60,7 +61,8 @@ def check_posterior(student_posterior: Callable[..., Any]) -> bool:
     prior = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
     cases = [(z, w, 0.7, prior), (z * 10, w * 10, 0.01, prior)]
     for case_number, (zc, wc, tau, pc) in enumerate(cases):
-        answer, problem = call_student(student_posterior, zc, wc, tau, pc)
+        answer, problem = call_student(student_posterior, zc, wc, tau, pc,
+                                       unavailable=[theory.posterior, theory.log_posterior])
         if answer is None:
             return report(False, problem)
         expected = theory.posterior(zc, wc, tau, pc)
@@ -68,9 +70,9 @@ def check_posterior(student_posterior: Callable[..., Any]) -> bool:
             return report(False, "right at τ = 0.7, but NaN or inf at τ = 0.01 with far-apart points: "
                           "exp(-‖z - w‖²/(2τ)) underflows to 0 for every cluster and 0/0 = NaN. "
                           "Subtract the largest exponent of each row before exp (log-sum-exp)")
-        problem = check_probability_rows(answer, tuple(expected.shape))
-        if problem:
-            return report(False, problem + f" (z {tuple(zc.shape)}, w {tuple(wc.shape)}, τ = {tau})")
+        rows_problem = check_probability_rows(answer, tuple(expected.shape))
+        if rows_problem:
+            return report(False, rows_problem + f" (z {tuple(zc.shape)}, w {tuple(wc.shape)}, τ = {tau})")
         if not torch.allclose(answer, expected, atol=1e-6):
             hint = diagnose(answer, expected, _posterior_mistakes(zc, wc), (zc, wc, tau, pc))
             return report(False, hint or f"the values differ from eq. (1) at τ = {tau}: "

@@ -6,7 +6,8 @@ eq. 10), prints what is wrong and returns ``True`` only for a right answer.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -41,7 +42,7 @@ def _prior_mistakes() -> list[Mistake]:
 def check_cluster_prior(student_prior: Callable[..., Any]) -> bool:
     """Exercise 3.1: ``student_prior(p)`` returns eq. (15), ``π_k = (1/N) Σ_x p_k(x)``, shape ``(K,)``."""
     p = student_posteriors(12, 5, seed=31)
-    answer, problem = call_student(student_prior, p)
+    answer, problem = call_student(student_prior, p, unavailable=[theory.cluster_prior])
     if answer is None:
         return report(False, problem)
     expected = theory.cluster_prior(p)
@@ -91,20 +92,21 @@ def check_inverse_prior_teacher(student_teacher: Callable[..., Any]) -> bool:
     empty = empty / empty.sum(1, keepdim=True)
     cases = [(p, prior, 1.0), (p, prior, 0.5), (empty, theory.cluster_prior(empty), 1.0)]
     for case, (pc, prior_c, lam) in enumerate(cases):
-        answer, problem = call_student(student_teacher, pc, prior_c, lam)
+        answer, problem = call_student(student_teacher, pc, prior_c, lam,
+                                       unavailable=[theory.inverse_prior_teacher])
         if answer is None:
             return report(False, problem)
         if case == 2 and not torch.isfinite(answer).all():
             return report(False, "right for occupied clusters, but NaN or inf when a cluster is empty "
                           "(π_k = 0 and p_k(x) = 0 gives 0/0): floor the prior before dividing, e.g. "
                           "prior.clamp_min(1e-6), as the paper says after (16)")
-        problem = check_probability_rows(answer, tuple(pc.shape))
-        if problem:
+        rows_problem = check_probability_rows(answer, tuple(pc.shape))
+        if rows_problem:
             unnormalised = pc / prior_c.clamp_min(theory.PRIOR_FLOOR).pow(lam)
             if tuple(answer.shape) == tuple(pc.shape) and torch.allclose(answer, unnormalised, atol=1e-9):
-                problem = ("you scaled p by 1/π^λ but did not renormalise: divide each row by its "
-                           "sum over the clusters so q(x) is a distribution")
-            return report(False, problem + f" (λ = {lam})")
+                rows_problem = ("you scaled p by 1/π^λ but did not renormalise: divide each row by its "
+                                "sum over the clusters so q(x) is a distribution")
+            return report(False, rows_problem + f" (λ = {lam})")
         expected = theory.inverse_prior_teacher(pc, prior_c, lam)
         if not torch.allclose(answer, expected, atol=1e-9):
             hint = diagnose(answer, expected, _teacher_mistakes(), (pc, prior_c, lam), atol=1e-9)
@@ -122,8 +124,8 @@ def objective_gradient(q: Tensor, p: Tensor, lam: float) -> Tensor:
     """``∂J/∂q_k(x)`` of the regularised objective (9)/(10) without the multiplier term: autograd
     of :func:`klteach.theory.regularised_objective`, the reference for eq. (12)."""
     q = q.detach().clone().requires_grad_(True)
-    theory.regularised_objective(q, p, lam).backward()
-    return q.grad
+    (gradient,) = torch.autograd.grad(theory.regularised_objective(q, p, lam), q)
+    return gradient
 
 
 def _gradient_mistakes() -> list[Mistake]:
@@ -157,7 +159,8 @@ def check_objective_gradient(student_gradient: Callable[..., Any]) -> bool:
     p = student_posteriors(6, 4, seed=34)
     q = student_posteriors(6, 4, seed=35)
     for lam in (1.0, 0.3):
-        answer, problem = call_student(student_gradient, q, p, lam)
+        answer, problem = call_student(student_gradient, q, p, lam,
+                                       unavailable=[theory.regularised_objective, objective_gradient])
         if answer is None:
             return report(False, problem)
         expected = objective_gradient(q, p, lam)

@@ -11,7 +11,8 @@ right answer.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -35,12 +36,13 @@ def _scalar(answer: Tensor, what: str) -> float | str:
     return value
 
 
-def _student_scalars(function: Callable[..., Any], cases: list[tuple], what: str) -> list[float] | str:
-    """The student's answer on every case as one finite float each, or the message saying
-    what went wrong on the first case that failed."""
+def _student_scalars(function: Callable[..., Any], cases: list[tuple], what: str,
+                     unavailable: list[Callable[..., Any]]) -> list[float] | str:
+    """The student's answer on every case as one finite float each (with the library's version,
+    ``unavailable``, switched off), or the message saying what went wrong on the first case that failed."""
     values = []
     for case in cases:
-        answer, problem = call_student(function, *case)
+        answer, problem = call_student(function, *case, unavailable=unavailable)
         if answer is None:
             return problem
         value = _scalar(answer, what)
@@ -103,7 +105,7 @@ def check_effective_clusters(student_effective_clusters: Callable[..., Any]) -> 
     ``π = (1/N) Σ_x p(x)`` (eq. 8/15) for a posterior ``p`` of shape ``(N, K)``: one number."""
     cases = assignment_cases()
     values = _student_scalars(student_effective_clusters, [(p,) for p in cases],
-                              "the effective number of clusters")
+                              "the effective number of clusters", unavailable=[metrics.effective_clusters])
     if isinstance(values, str):
         return report(False, values)
     expected = [metrics.effective_clusters(p) for p in cases]
@@ -123,37 +125,46 @@ def check_effective_clusters(student_effective_clusters: Callable[..., Any]) -> 
 
 # ---------------------------------------------------------------- exercise 5.2: kNN accuracy
 
+def _labelled_features(centres: Tensor, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """``n`` noisy features around random class ``centres``, with lengths spread over a factor ~100."""
+    y = torch.randint(centres.shape[0], (n,), generator=generator)
+    x = centres[y] + 1.1 * torch.randn(n, centres.shape[1], generator=generator, dtype=torch.float64)
+    scale = torch.exp(1.5 * torch.randn(n, 1, generator=generator, dtype=torch.float64))
+    return x * scale, y
+
+
 def knn_cases() -> list[tuple[Tensor, Tensor, Tensor, Tensor, int, float]]:
     """Feature banks with overlapping classes and very unequal norms (cosine ≠ dot product)."""
     cases = []
     for seed, (classes, k, temperature) in enumerate([(3, 5, 0.1), (4, 10, 0.07), (3, 7, 0.5)]):
         generator = torch.Generator().manual_seed(520 + seed)
         centres = torch.randn(classes, 6, generator=generator, dtype=torch.float64)
-
-        def sample(n: int) -> tuple[Tensor, Tensor]:
-            y = torch.randint(classes, (n,), generator=generator)
-            x = centres[y] + 1.1 * torch.randn(n, 6, generator=generator, dtype=torch.float64)
-            scale = torch.exp(1.5 * torch.randn(n, 1, generator=generator, dtype=torch.float64))
-            return x * scale, y
-
-        train_z, train_y = sample(120)
-        test_z, test_y = sample(80)
+        train_z, train_y = _labelled_features(centres, 120, generator)
+        test_z, test_y = _labelled_features(centres, 80, generator)
         cases.append((train_z, train_y, test_z, test_y, k, temperature))
     return cases
 
 
+def library_knn(train_z: Tensor, train_y: Tensor, test_z: Tensor, test_y: Tensor, k: int, temperature: float,
+                *, use_k: int | None = None, use_temperature: float | None = None) -> float:
+    """:func:`klteach.metrics.knn_accuracy` on one of :func:`knn_cases`, optionally with another
+    ``k`` or temperature (the typical slips)."""
+    return metrics.knn_accuracy(train_z, train_y, test_z, test_y, k=use_k or k,
+                                temperature=use_temperature or temperature)
+
+
 def _knn_mistakes() -> list[ScalarMistake]:
-    right = lambda *case: metrics.knn_accuracy(*case[:4], k=case[4], temperature=case[5])  # noqa: E731
+    right = library_knn
     return [
         (lambda *case: 100 * right(*case), "you returned a percentage; return the fraction in [0, 1]"),
         (lambda *case: 1 - right(*case), "you returned the error rate (wrong predictions); return the "
                                          "fraction of test samples predicted right"),
-        (lambda *case: metrics.knn_accuracy(*case[:4], k=case[4], temperature=1e12),
+        (lambda *case: library_knn(*case, use_temperature=1e12),
          "every neighbour gets one equal vote: weight each of the k votes by exp(similarity / temperature), "
          "so the nearest neighbours count most"),
-        (lambda *case: metrics.knn_accuracy(*case[:4], k=case[4], temperature=1.0),
+        (lambda *case: library_knn(*case, use_temperature=1.0),
          "you weighted the votes by exp(similarity) without dividing by the temperature"),
-        (lambda *case: metrics.knn_accuracy(*case[:4], k=1, temperature=case[5]),
+        (lambda *case: library_knn(*case, use_k=1),
          "you used only the nearest neighbour; let the k nearest vote"),
     ]
 
@@ -164,10 +175,10 @@ def check_knn_accuracy(student_knn_accuracy: Callable[..., Any]) -> bool:
     (unit-normalise both sides), the ``k`` most similar training samples vote for their label with
     weight ``exp(sim / temperature)``, the label with the largest total wins."""
     cases = knn_cases()
-    values = _student_scalars(student_knn_accuracy, cases, "the accuracy")
+    values = _student_scalars(student_knn_accuracy, cases, "the accuracy", unavailable=[metrics.knn_accuracy])
     if isinstance(values, str):
         return report(False, values)
-    expected = [metrics.knn_accuracy(*case[:4], k=case[4], temperature=case[5]) for case in cases]
+    expected = [library_knn(*case) for case in cases]
     if all(math.isclose(v, e, abs_tol=1e-9) for v, e in zip(values, expected)):
         return report(True, "your kNN accuracies " + ", ".join(f"{e:.3f}" for e in expected) +
                       " equal klteach.metrics.knn_accuracy on all three feature banks")
