@@ -10,7 +10,6 @@ On several GPUs (or CPU processes): ``torchrun --nproc-per-node N -m klteach tra
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -66,6 +65,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if settings.out:
             check_out_folder(settings.out, args.overwrite)
         trainer = Trainer(settings)
+        if settings.out and args.overwrite and is_main():    # only once the new run could be built
+            checkpoint.clear_run(settings.out)
     start = time.perf_counter()
     try:
         trainer.run(progress=True)
@@ -84,14 +85,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def check_out_folder(out: str, overwrite: bool) -> None:
-    """Refuse an ``--out`` folder that holds a previous run unless ``--overwrite`` (then its run
-    files, and only those, are removed first)."""
+    """Refuse an ``--out`` folder that holds a previous run unless ``--overwrite``."""
     files = checkpoint.run_files_in(out)
     if files and not overwrite:
         raise ValueError(f"--out {out} already holds a run ({', '.join(files)}); continue it with --resume "
                          "or start again with --overwrite")
-    if files and int(os.environ.get("RANK", "0")) == 0:   # under torchrun rank 0 alone removes them
-        checkpoint.clear_run(out)
 
 
 def resumed_trainer(typed: dict[str, Any]) -> Trainer:

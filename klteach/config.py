@@ -27,26 +27,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 
 from . import dist
+from .data import DATASETS, Dataset
+from .models import Architecture
+from .normalisers import NormaliserName, PriorMode
 
-if TYPE_CHECKING:
-    from .data import Dataset
-
-# the choices named by type; klteach.normalisers/models check that they agree (tests/test_config.py)
-NormaliserName = Literal["none", "inverse-prior", "centering", "batchnorm", "sinkhorn"]
-PriorMode = Literal["batch", "running", "full"]
-Architecture = Literal["auto", "mlp", "cnn", "resnet18"]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "float32", "bfloat16"]
 LrSchedule = Literal["constant", "cosine"]
 Kind = Literal["live", "restart", "fixed"]
 KINDS: tuple[Kind, ...] = ("live", "restart", "fixed")
-DATASET_NAMES = ("toy", "digits", "cifar10", "cifar10-sample")
-"""Datasets known by name (see :func:`klteach.data.load_dataset`); anything else is a folder."""
 MAX_CLUSTERS = 100_000
 MAX_DIM = 4096
 MAX_SEED = 2**32 - 1
@@ -290,7 +284,7 @@ def _number(bound: float | None, kind: type) -> str:
 def is_folder_path(dataset: str) -> bool:
     """True when ``dataset`` names an image folder rather than a dataset known by name (the rule
     of :func:`klteach.data.load_dataset`)."""
-    return dataset not in DATASET_NAMES and (os.sep in dataset or Path(dataset).exists())
+    return dataset not in DATASETS and (os.sep in dataset or Path(dataset).exists())
 
 
 def dataset_location(dataset: str) -> str:

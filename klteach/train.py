@@ -137,9 +137,8 @@ class Trainer:
         return dist.sync_batchnorm(model, self.device)   # batch statistics of the global batch
 
     def _make_normaliser(self, config: TrainConfig) -> Normaliser:
-        # momenta by position: the keyword for the centre's momentum is being renamed (centre_momentum)
-        return make_normaliser(config.normaliser, config.clusters, config.lam, config.prior,
-                               config.prior_momentum, config.centre_momentum).to(self.device, torch.float32)
+        return make_normaliser(config.normaliser, config.clusters, config.lam, config.prior, config.prior_momentum,
+                               config.centre_momentum).to(self.device, torch.float32)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """The networks' precision: bfloat16 autocast (``precision``: auto on a GPU, or bfloat16), else none."""
