@@ -40,8 +40,10 @@ def add_setting_flags(parser: argparse.ArgumentParser, defaults: TrainConfig) ->
             parser.add_argument(*flags, dest=name, action="store_const", const=not default,
                                 default=argparse.SUPPRESS, help=f"{info.help} (sets {name}={not default})")
         else:
+            allowed = "" if allowed == "a string" else f"; {allowed}"
+            default_text = "" if default is None else f" (default: {default})"
             parser.add_argument(*flags, dest=name, default=argparse.SUPPRESS, metavar=name.upper(),
-                                help=f"{info.help}; {allowed} (default: {default})")
+                                help=f"{info.help}{allowed}{default_text}")
 
 
 def typed_settings(args: argparse.Namespace) -> dict[str, Any]:

@@ -98,14 +98,14 @@ class TrainConfig:
                                  log_scale=True)
     tau_teacher: float = setting(0.04, "teacher temperature τ of eq. (7)", "live", low=0, low_open=True,
                                  log_scale=True)
-    momentum: float = setting(0.9, "the teacher's EMA momentum (eq. 7), in [0, 1)", "live", **MOMENTUM)
+    momentum: float = setting(0.9, "the teacher's EMA momentum (eq. 7)", "live", **MOMENTUM)
     copy_every: int = setting(0, "copy the student into the teacher every T steps (eq. 7) instead of the "
                               "EMA; 0 = EMA", "live", low=0)
     prior: PriorMode = setting("running", "where the inverse prior's π comes from (eq. 15): the batch, a "
                                "running average, or the full training set", "live")
     prior_every: int = setting(0, "steps between whole-set prior estimates (--prior full); 0 = once per epoch",
                                "live", low=0)
-    lam: float = setting(1.0, "strength λ of the inverse prior (eq. 14), >= 0", "live", low=0)
+    lam: float = setting(1.0, "strength λ of the inverse prior (eq. 14)", "live", low=0)
     batch_size: int = setting(256, "images per step (each gives two views)", "restart", low=2)
     lr: float = setting(1e-3, "AdamW learning rate", "live", low=0, low_open=True, log_scale=True)
     weight_decay: float = setting(1e-4, "AdamW weight decay", "live", low=0)
@@ -127,8 +127,8 @@ class TrainConfig:
     arch: Architecture = setting("auto", "backbone; auto = ResNet-18 for 32x32 images on a GPU, else MLP "
                                  "(vectors, small images) or the small CNN", "restart")
     dim: int = setting(64, "embedding dimension D", "restart", low=2, high=MAX_DIM)
-    learnable_prototypes: bool = setting(True, "learn the weight vectors w_k (--fixed-prototypes keeps them "
-                                         "as drawn)", "restart",
+    learnable_prototypes: bool = setting(True, "learn the weight vectors w_k; --fixed-prototypes keeps them "
+                                         "at their random start", "restart",
                                          flags=("--fixed-prototypes",))
     centred_prototypes: bool = setting(False, "centre the weight vectors (eq. 20)", "restart")
     student_batchnorm: bool = setting(False, "batch-normalise the student's embeddings too (section 5 warns "
