@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import checkpoint, config, coursework, site
+from . import checkpoint, config, coursework, metrics, site
 from .config import TrainConfig, setting_info, setting_names, with_changes
 from .dist import is_main
 from .train import Trainer, TrainingError
@@ -146,10 +146,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
                           seed=args.seed, device=args.device, eval_every=0)
         trainer.run()
         r = trainer.history[-1]
-        verdict = {"one-cluster": "COLLAPSED to one cluster", "uniform": "COLLAPSED to uniform output"}
         print(f"{name:<14}{r['effective_clusters']:>14.1f}{r['clusters_used']:>6}{r['mean_entropy']:>9.2f}"
               f"{r['knn_accuracy']:>7.3f}{r['nmi']:>7.3f}{time.perf_counter() - start:>8.1f}  "
-              f"{verdict.get(r['collapse'], 'ok')}")
+              f"{metrics.describe_collapse(r['collapse'])}")
     return 0
 
 

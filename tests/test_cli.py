@@ -251,6 +251,20 @@ def test_an_error_starts_on_its_own_line_not_on_the_progress_bar(tmp_path):
     assert f"error: cannot write to --out {tmp_path / 'taken'}: file exists" in done.stderr
 
 
+# ---------------------------------------------------------------- the demo
+
+def test_the_demo_never_calls_a_run_that_uses_one_cluster_ok():
+    done = run_cli("demo", "--steps", "0")
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines()[3:]]
+    assert len(rows) == 5
+    for row in rows:
+        used, verdict = int(row[2]), " ".join(row[7:])
+        assert verdict in ("healthy", "partial collapse", "one-cluster collapse", "uniform collapse"), row
+        if used == 1:
+            assert verdict != "healthy", row
+
+
 # ---------------------------------------------------------------- damaged checkpoints
 
 def test_a_bit_flipped_checkpoint_is_refused_by_name(tmp_path):
