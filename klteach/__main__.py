@@ -10,6 +10,7 @@ On several GPUs (or CPU processes): ``torchrun --nproc-per-node N -m klteach tra
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -110,8 +111,6 @@ def resumed_trainer(typed: dict[str, Any]) -> Trainer:
                             for name in conflicts)
         raise ValueError("--resume continues the saved run with its own settings; only --steps, --epochs "
                          f"and result-neutral settings may change, but these differ from it: {changes}")
-    if "steps" in typed and "epochs" not in typed:
-        typed = {**typed, "epochs": None}          # --steps replaces a run's --epochs
     trainer = Trainer.resume(path, state=state, **typed)
     if trainer.step_count >= trainer.config.steps:
         raise ValueError(f"--resume: the checkpoint is already at step {trainer.step_count} of "
@@ -122,7 +121,7 @@ def resumed_trainer(typed: dict[str, Any]) -> Trainer:
 def report_stop(trainer: Trainer) -> int:
     """Say where a stopped run stands and how to continue it; the exit status is 128 + the signal
     (130 for Ctrl-C, 143 for SIGTERM)."""
-    signum = trainer.interrupted or 2
+    signum = trainer.interrupted or signal.SIGINT
     if is_main():
         where = f"stopped at step {trainer.step_count} of {trainer.config.steps}"
         out = trainer.config.out

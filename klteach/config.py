@@ -89,7 +89,8 @@ class TrainConfig:
                                          "inverse priors (eq. 14-16), DINO's centering (eq. 23), ...", "live")
     clusters: int = setting(20, "number of clusters K", "restart", low=2, high=MAX_CLUSTERS,
                             flags=("--clusters", "-K"), symbol="K")
-    steps: int = setting(1000, "training steps in all (the planned total)", "fixed", low=0)
+    steps: int = setting(1000, "training steps in all (the planned total; the cosine schedule ends there)",
+                         "live", low=0)
     epochs: float | None = setting(None, "train this many passes over the training set (overrides --steps)",
                                    "fixed", low=0, low_open=True)
     seed: int = setting(0, "seed of the model's initialisation and of the augmentation", "restart",

@@ -174,6 +174,8 @@ class Trainer:
         if not changes:
             return
         config = with_changes(self.config, changes)
+        if "steps" in changes:       # a new planned total replaces the one --epochs gave
+            config = with_changes(config, {"epochs": None})
         restart = any(name in RESTART_SETTINGS and value != getattr(self.config, name)
                       for name, value in changes.items())
         event = {"step": self.step_count, "event": "set", "changes": changes, "restart": restart}
