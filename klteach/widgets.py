@@ -23,7 +23,7 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 
 from . import plots
-from .display import FigureSlots
+from .display import FigureSlots, StaticCopy
 from .explorers import Explorer, jensen_gap_explorer, posterior_explorer, prior_lambda_explorer
 from .live import DATASET_DEFAULTS, MONITOR_DEFAULTS, LiveCurves, LiveRun, Runner, describe_changes
 from .normalisers import NORMALISERS
@@ -151,23 +151,40 @@ class TrainingDashboard:
     def run(self, steps: int) -> None:
         """Take ``steps`` steps now, in this thread (deterministic; for code and nbval), then
         redraw. Stops a background run first. Errors are shown in the status line and raised."""
-        self.live.run(steps)
+        try:
+            self.live.run(steps)
+        finally:
+            self.static.update()
 
     def _live_run(self) -> LiveRun:
         if not isinstance(self.live, LiveRun):
             raise TypeError("this dashboard replays a recording: it has no settings to change")
         return self.live
 
-    # ---------------------------------------------------------------- widgets
+    # ---------------------------------------------------------------- display
     @property
     def widget(self) -> widgets.Widget:
         """The dashboard as one ipywidgets box."""
         self.slots.watch()
         return self._root
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict | None:
-        self.slots.watch()
-        return self._root._repr_mimebundle_(**kwargs)
+    def _ipython_display_(self) -> None:
+        """Shown as the live widget, with static copies for front ends without widgets
+        (:class:`klteach.display.StaticCopy`)."""
+        self.static.show()
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict:
+        return self.static.bundle()
+
+    def __repr__(self) -> str:
+        return self._describe()
+
+    def _describe(self) -> str:
+        """The dashboard in one line of text (what a front end without widgets or images shows)."""
+        run, latest = self.live, self.latest
+        verdict = f", {self.collapse_state}" if latest else ""
+        return (f"TrainingDashboard: step {run.step_count}, {self._settings_text()}{verdict} "
+                "(a live widget: run the notebook in JupyterLab to use it)")
 
     def _build_widgets(self) -> None:
         self.controls = self._make_controls()
@@ -194,6 +211,7 @@ class TrainingDashboard:
                                    self.slots.box("dashboard")])
         self._root.add_class("klteach-dashboard")
         self._new_figure()
+        self.static = StaticCopy(self._root, lambda: self.figure, self._describe, self.slots)
 
     def _make_controls(self) -> dict[str, widgets.ValueWidget]:
         cfg = self.trainer.config
@@ -329,14 +347,19 @@ class TrainingDashboard:
         if self._refused:
             self.status.value = f"<div style='color:#b00020'>⛔ <b>Refused:</b> {escape(self._refused)}</div>"
             return
-        cfg = self.trainer.config
         state = "Running" if run.running else "Paused"
         rate = f" · {run.steps_per_second:.1f} steps/s" if run.running else ""
-        self.status.value = (
-            f"<div><b>{state}</b> · step {run.step_count}{rate} · {escape(cfg.dataset)} · "
-            f"<span class='klteach-normaliser'>normaliser={escape(cfg.normaliser)}</span> · "
-            f"τ<sub>s</sub>={cfg.tau_student:.3g} · τ<sub>t</sub>={cfg.tau_teacher:.3g} · "
-            f"λ={cfg.lam:.3g} · momentum={cfg.momentum:.3g} · K={cfg.clusters}</div>")
+        self.status.value = f"<div><b>{state}</b> · step {run.step_count}{rate} · {self._settings_html()}</div>"
+
+    def _settings_html(self) -> str:
+        cfg = self.trainer.config
+        return (f"{escape(cfg.dataset)} · <span class='klteach-normaliser'>normaliser={escape(cfg.normaliser)}"
+                f"</span> · τ<sub>s</sub>={cfg.tau_student:.3g} · τ<sub>t</sub>={cfg.tau_teacher:.3g} · "
+                f"λ={cfg.lam:.3g} · momentum={cfg.momentum:.3g} · K={cfg.clusters}")
+
+    def _settings_text(self) -> str:
+        cfg = self.trainer.config
+        return f"{cfg.dataset}, normaliser={cfg.normaliser}, K={cfg.clusters}"
 
     def _alarm_html(self) -> str:
         state, latest, k = self.collapse_state, self.latest, self.live.clusters

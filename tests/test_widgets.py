@@ -279,9 +279,10 @@ def test_cluster_sizes_sorted_and_thin_keeps_the_last_point():
 
 def browser_draws(fig: go.FigureWidget) -> None:
     """What plotly's view in the browser sends back once it has drawn every edit it was sent
-    (the widget protocol's two reply messages, with the ids of the latest edits)."""
+    (the widget protocol's two reply messages, with the ids of the latest edits and its traces)."""
     fig._js2py_layoutDelta = {"layout_delta": {}, "layout_edit_id": fig._last_layout_edit_id}
-    fig._js2py_traceDeltas = {"trace_deltas": [], "trace_edit_id": fig._last_trace_edit_id}
+    fig._js2py_traceDeltas = {"trace_deltas": [{"uid": trace.uid} for trace in fig.data],
+                              "trace_edit_id": fig._last_trace_edit_id}
 
 
 def test_figure_slots_redraw_a_blank_figure_only_in_a_live_page(monkeypatch):
