@@ -23,10 +23,10 @@ import ipywidgets as widgets
 import plotly.graph_objects as go
 
 from . import plots
+from .config import setting_info
 from .display import FigureSlots, StaticCopy
 from .explorers import Explorer, jensen_gap_explorer, posterior_explorer, prior_lambda_explorer
 from .live import DATASET_DEFAULTS, MONITOR_DEFAULTS, LiveCurves, LiveRun, Runner, describe_changes
-from .normalisers import NORMALISERS
 
 DATASET_CHOICES = (("toy sphere (3-D)", "toy"), ("digits (8×8)", "digits"),
                    ("CIFAR-10 sample", "cifar10-sample"))
@@ -38,7 +38,15 @@ EMBEDDING_EVERY = 3
 """While training, the embedding view (the costliest to draw) follows every third redraw."""
 
 CONTROLLED = ("dataset", "normaliser", "clusters", "tau_student", "tau_teacher", "lam", "momentum")
-"""Settings with a control in the dashboard."""
+"""Settings with a control in the dashboard; what each allows, its help and its kind (a restart
+setting says so on its control) come from :func:`klteach.config.setting_info`."""
+LABELS = {"dataset": "dataset", "normaliser": "normaliser", "clusters": "K", "tau_student": "τ student",
+          "tau_teacher": "τ teacher", "lam": "λ (eq. 14)", "momentum": "EMA momentum"}
+"""Short labels of the controls (the full help is their tooltip)."""
+SLIDER_SPANS = {"clusters": (2, 64, 1), "tau_student": (0.01, 1.0, 0.05), "tau_teacher": (0.01, 1.0, 0.05),
+                "lam": (0.0, 2.0, 0.05), "momentum": (0.0, 0.999, 0.001)}
+"""(low, high, step) of each slider: the part of the allowed range a lecture explores (a log slider's
+step is in powers of ten). Values set from code beyond it widen the slider."""
 
 LOOKS = (("normal", "normal"), ("lecture", "lecture"), ("dark lecture", "dark"))
 """The dashboard's look toggle: (label, value); see :mod:`klteach.plots.look`."""
@@ -46,6 +54,38 @@ LOOKS = (("normal", "normal"), ("lecture", "lecture"), ("dark lecture", "dark"))
 ALARM_ICONS = {"healthy": "✓", "partial": "◐", "one-cluster": "⚠", "uniform": "⚠"}
 """Each verdict has its own icon and words, so the alarm never relies on colour alone."""
 ALARM_COLOURS = {"healthy": "#009E73", "partial": "#E69F00", "one-cluster": "#D55E00", "uniform": "#D55E00"}
+
+
+def control_for(name: str, value: Any) -> widgets.ValueWidget:
+    """The control of setting ``name`` showing ``value``: a menu of its choices, or a slider over
+    :data:`SLIDER_SPANS` within the range the setting allows (on a log scale where it says so)."""
+    info = setting_info(name)
+    label = LABELS.get(name, name) + (" (restarts)" if info.kind == "restart" else "")
+    common: dict[str, Any] = dict(description=label, tooltip=info.help, style={"description_width": "initial"},
+                                  layout=widgets.Layout(width="300px"))
+    if name == "dataset":
+        return widgets.Dropdown(options=DATASET_CHOICES, value=value, **common)
+    if info.choices is not None:
+        return widgets.Dropdown(options=info.choices, value=value, **common)
+    low, high, step = SLIDER_SPANS[name]
+    low = max(low, info.low) if info.low is not None else low
+    high = min(high, info.high) if info.high is not None else high
+    common["continuous_update"] = False
+    if isinstance(value, int):
+        return widgets.IntSlider(value=value, min=int(low), max=max(int(high), value), step=int(step), **common)
+    if info.log_scale:
+        return widgets.FloatLogSlider(value=value, base=10, min=math.log10(min(low, value)),
+                                      max=math.log10(max(high, value)), step=step, readout_format=".3f", **common)
+    return widgets.FloatSlider(value=value, min=min(low, value), max=max(high, value), step=step,
+                               readout_format=".3f" if step < 0.01 else ".2f", **common)
+
+
+def widen(control: widgets.ValueWidget, value: Any) -> None:
+    """Stretch a slider so that it can show ``value`` (set from code beyond its span)."""
+    if isinstance(control, widgets.FloatLogSlider):
+        control.min, control.max = min(control.min, math.log10(value)), max(control.max, math.log10(value))
+    elif isinstance(control, (widgets.IntSlider, widgets.FloatSlider)):
+        control.min, control.max = min(control.min, value), max(control.max, value)
 
 
 class TrainingDashboard:
@@ -214,27 +254,8 @@ class TrainingDashboard:
         self.static = StaticCopy(self._root, lambda: self.figure, self._describe, self.slots)
 
     def _make_controls(self) -> dict[str, widgets.ValueWidget]:
-        cfg = self.trainer.config
-        wide = dict(style={"description_width": "initial"}, layout=widgets.Layout(width="300px"))
-        return {
-            "dataset": widgets.Dropdown(options=DATASET_CHOICES, value=cfg.dataset,
-                                        description="dataset", **wide),
-            "normaliser": widgets.Dropdown(options=NORMALISERS, value=cfg.normaliser,
-                                           description="normaliser", **wide),
-            "clusters": widgets.IntSlider(value=cfg.clusters, min=2, max=max(64, cfg.clusters),
-                                          description="K (restarts)", continuous_update=False, **wide),
-            "tau_student": widgets.FloatLogSlider(value=cfg.tau_student, base=10, min=-2, max=0,
-                                                  step=0.05, description="τ student",
-                                                  readout_format=".3f", continuous_update=False, **wide),
-            "tau_teacher": widgets.FloatLogSlider(value=cfg.tau_teacher, base=10, min=-2, max=0,
-                                                  step=0.05, description="τ teacher",
-                                                  readout_format=".3f", continuous_update=False, **wide),
-            "lam": widgets.FloatSlider(value=cfg.lam, min=0, max=2, step=0.05, description="λ (eq. 14)",
-                                       continuous_update=False, **wide),
-            "momentum": widgets.FloatSlider(value=cfg.momentum, min=0, max=0.999, step=0.001,
-                                            readout_format=".3f", description="EMA momentum",
-                                            continuous_update=False, **wide),
-        }
+        values = self.trainer.config
+        return {name: control_for(name, getattr(values, name)) for name in CONTROLLED}
 
     def _control_rows(self) -> list[widgets.Widget]:
         c = self.controls
@@ -294,8 +315,7 @@ class TrainingDashboard:
                 control = self.controls.get(name)
                 if control is None:
                     continue
-                if name == "clusters" and value > control.max:
-                    control.max = value
+                widen(control, value)
                 control.value = value
         finally:
             self._syncing = False

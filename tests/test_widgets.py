@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from klteach import display, plots
+from klteach.config import setting_info
 from klteach.metrics import one_cluster_threshold
 from klteach.train import TrainingError
 from klteach.widgets import (
@@ -85,6 +86,30 @@ def test_set_from_code_moves_the_controls_and_refuses_bad_values():
     dash.run(1)
     assert dash.trainer.config.normaliser == "centering"
     assert dash.trainer.config.tau_student == 0.1
+
+
+def test_controls_follow_the_config_metadata():
+    dash = small_dashboard()
+    for name, control in dash.controls.items():
+        info = setting_info(name)
+        assert control.tooltip == info.help
+        assert control.description.endswith("(restarts)") == (info.kind == "restart"), name
+        if info.choices is not None:
+            assert tuple(control.options) == info.choices
+        if isinstance(control, ipywidgets.FloatLogSlider):
+            assert info.log_scale, name
+            low, high = 10 ** control.min, 10 ** control.max
+        elif hasattr(control, "min"):
+            assert not info.log_scale, name
+            low, high = control.min, control.max
+        else:
+            continue
+        assert info.low is None or (low > info.low if info.low_open else low >= info.low), name
+        assert info.high is None or (high < info.high if info.high_open else high <= info.high), name
+    assert dash.controls["clusters"].description == "K (restarts)"
+    dash.set(tau_teacher=2.0, lam=3.0)                    # allowed, beyond the sliders' spans
+    assert dash.controls["tau_teacher"].value == pytest.approx(2.0)
+    assert dash.controls["lam"].value == 3.0
 
 
 def test_changing_k_restarts_the_run_and_redraws_with_k_bars():
