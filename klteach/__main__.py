@@ -1,132 +1,149 @@
-"""Command line: ``python -m klteach {train,demo,bench} ...``.
+"""Command line: ``python -m klteach {train,demo,bench,course,site} ...``.
 
 ``train`` runs one configuration and writes ``DIR/config.json``, ``DIR/metrics.jsonl`` and
-``DIR/checkpoint.pt`` (``train --out DIR --resume`` continues it from that checkpoint);
-``demo`` trains on digits with every normaliser and prints which collapse; ``bench`` measures
-training throughput and memory for a named configuration.
+``DIR/checkpoint.pt`` (``train --out DIR --resume`` continues it from that checkpoint; Ctrl-C or
+SIGTERM stops it at a step boundary with its checkpoint written); ``demo`` trains on digits with
+every normaliser and prints which collapse; ``bench`` measures training throughput and memory.
+The flags of ``train`` and ``bench`` are generated from :class:`klteach.config.TrainConfig`.
 On several GPUs (or CPU processes): ``torchrun --nproc-per-node N -m klteach train ...``.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
-from . import coursework
+from . import checkpoint, config, coursework, site
+from .config import TrainConfig, setting_info, setting_names, with_changes
 from .dist import is_main
-from .train import TrainConfig, Trainer, TrainingError, read_checkpoint
+from .train import Trainer, TrainingError
 
 DEMO_STEPS = 1000
+EXIT_ERROR = 2
 
 
-def _add_train_flags(parser: argparse.ArgumentParser, defaults: TrainConfig) -> None:
-    parser.add_argument("--dataset", default=defaults.dataset,
-                        help="toy, digits, cifar10, cifar10-sample, or a PATH to ROOT/{train,test}/<class>/*.jpg")
-    parser.add_argument("--normaliser", default=defaults.normaliser,
-                        help="none, inverse-prior, centering, batchnorm or sinkhorn")
-    parser.add_argument("--clusters", "-K", type=int, default=defaults.clusters, help="number of clusters K")
-    parser.add_argument("--steps", type=int, default=defaults.steps)
-    parser.add_argument("--epochs", type=float, default=None, help="overrides --steps")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--tau-student", type=float, default=defaults.tau_student)
-    parser.add_argument("--tau-teacher", type=float, default=defaults.tau_teacher)
-    parser.add_argument("--momentum", type=float, default=defaults.momentum, help="teacher EMA momentum in [0, 1)")
-    parser.add_argument("--copy-every", type=int, default=defaults.copy_every,
-                        help="copy the student into the teacher every T steps (eq. 7) instead of EMA; 0 = EMA")
-    parser.add_argument("--prior", default=defaults.prior, help="batch, running or full (eq. 15)")
-    parser.add_argument("--prior-every", type=int, default=defaults.prior_every,
-                        help="steps between whole-set prior estimates (--prior full); 0 = once per epoch")
-    parser.add_argument("--lam", type=float, default=defaults.lam, help="λ of eq. (14), >= 0")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
-    parser.add_argument("--lr-schedule", default=defaults.lr_schedule, help="constant or cosine")
-    parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
-    parser.add_argument("--device", default=defaults.device, help="auto, cpu or cuda")
-    parser.add_argument("--eval-every", type=int, default=defaults.eval_every)
-    parser.add_argument("--eval-size", type=int, default=defaults.eval_size)
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--arch", default=defaults.arch, help="auto, mlp, cnn or resnet18")
-    parser.add_argument("--dim", type=int, default=defaults.dim, help="embedding dimension")
-    parser.add_argument("--fixed-prototypes", action="store_true", help="do not learn the weight vectors")
-    parser.add_argument("--centred-prototypes", action="store_true", help="centre the weight vectors (eq. 20)")
-    parser.add_argument("--student-batchnorm", action="store_true",
-                        help="batch-normalise the student's features too (section 5 warns against it)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the step")
+# ---------------------------------------------------------------------- flags from the settings
+
+def add_setting_flags(parser: argparse.ArgumentParser, defaults: TrainConfig) -> None:
+    """One flag per :class:`TrainConfig` setting, spelt as in :class:`klteach.config.SettingInfo`
+    (``--tau-student``, ``-K``); a boolean flag sets the opposite of its default. A flag that is
+    not typed leaves no value behind, so :func:`typed_settings` sees only what the user typed."""
+    for name in setting_names():
+        info = setting_info(name)
+        flags = info.flags or (f"--{name.replace('_', '-')}",)
+        default = getattr(defaults, name)
+        allowed = config.describe_allowed(name)
+        if isinstance(default, bool):
+            parser.add_argument(*flags, dest=name, action="store_const", const=not default,
+                                default=argparse.SUPPRESS, help=f"{info.help} (sets {name}={not default})")
+        else:
+            parser.add_argument(*flags, dest=name, default=argparse.SUPPRESS, metavar=name.upper(),
+                                help=f"{info.help}; {allowed} (default: {default})")
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """Map parsed flags onto a :class:`TrainConfig`."""
-    names = {f for f in TrainConfig.__dataclass_fields__}
-    values = {k: v for k, v in vars(args).items() if k in names}
-    values["learnable_prototypes"] = not args.fixed_prototypes
-    values["centred_prototypes"] = args.centred_prototypes
-    return TrainConfig(**values)
+def typed_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the user typed, as strings (converted and checked by :class:`TrainConfig`)."""
+    return {name: getattr(args, name) for name in setting_names() if hasattr(args, name)}
 
 
-RESUME_SETTINGS = ("steps", "epochs", "out")
-"""What ``train --resume`` may change; every other setting comes from the checkpoint."""
+def _flag(name: str) -> str:
+    return setting_info(name).flags[0] if setting_info(name).flags else f"--{name.replace('_', '-')}"
 
 
-def resumed_trainer(args: argparse.Namespace) -> Trainer:
-    """The run saved in ``args.out/checkpoint.pt``, continued to ``--steps`` (or ``--epochs``).
+# ---------------------------------------------------------------------- train
 
-    Flags other than ``--steps``/``--epochs``/``--out`` that differ from the checkpoint's
-    settings are refused: a resumed run with, say, another normaliser would not be the same run."""
-    if not args.out:
+def cmd_train(args: argparse.Namespace) -> int:
+    typed = typed_settings(args)
+    if args.resume:
+        trainer = resumed_trainer(typed)
+        print(f"resuming {typed['out']} at step {trainer.step_count} of {trainer.config.steps}")
+    else:
+        settings = with_changes(TrainConfig(), typed)
+        if settings.out:
+            check_out_folder(settings.out, args.overwrite)
+        trainer = Trainer(settings)
+    start = time.perf_counter()
+    try:
+        trainer.run(progress=True)
+    except KeyboardInterrupt:        # a second Ctrl-C or SIGTERM: stopped without the final evaluation
+        return report_stop(trainer)
+    if trainer.interrupted is not None:
+        return report_stop(trainer)
+    if not is_main():                # under torchrun only rank 0 reports
+        return 0
+    last = {key: value for key, value in trainer.history[-1].items() if not isinstance(value, list)}
+    print(f"done: {trainer.step_count} steps in {time.perf_counter() - start:.1f} s; " +
+          ", ".join(f"{k}={_fmt(v)}" for k, v in last.items() if k != "step"))
+    if trainer.config.out:
+        print(f"wrote {trainer.config.out}/config.json, metrics.jsonl, checkpoint.pt")
+    return 0
+
+
+def check_out_folder(out: str, overwrite: bool) -> None:
+    """Refuse an ``--out`` folder that holds a previous run unless ``--overwrite`` (then its run
+    files, and only those, are removed first)."""
+    files = checkpoint.run_files_in(out)
+    if files and not overwrite:
+        raise ValueError(f"--out {out} already holds a run ({', '.join(files)}); continue it with --resume "
+                         "or start again with --overwrite")
+    if files and int(os.environ.get("RANK", "0")) == 0:   # under torchrun rank 0 alone removes them
+        checkpoint.clear_run(out)
+
+
+def resumed_trainer(typed: dict[str, Any]) -> Trainer:
+    """The run saved in ``--out DIR``, continued to ``--steps`` (or ``--epochs``) in all, by
+    default to the total it was started with. Only how far it goes and result-neutral settings
+    (``--device``, ``--eval-every``, ...) may differ from the checkpoint's; typed values are
+    compared even when they equal the defaults."""
+    if not typed.get("out"):
         raise ValueError("--resume needs --out DIR, the folder that holds checkpoint.pt")
-    path = Path(args.out) / "checkpoint.pt"
-    saved = read_checkpoint(path)["config"]
-    asked = config_from_args(args)
-    defaults = config_from_args(build_parser().parse_args(["train"]))
-    conflicts = [f"--{field.name.replace('_', '-')}={getattr(asked, field.name)!r} (the checkpoint has "
-                 f"{saved.get(field.name)!r})" for field in dataclasses.fields(TrainConfig)
-                 if field.name not in RESUME_SETTINGS and field.name in saved
-                 and getattr(asked, field.name) != getattr(defaults, field.name)
-                 and getattr(asked, field.name) != saved[field.name]]
+    path = Path(typed["out"]) / checkpoint.CHECKPOINT
+    state = checkpoint.read_checkpoint(path)
+    saved = config.config_from_dict(state["config"]).to_dict()
+    conflicts = config.resume_conflicts(saved, typed)
     if conflicts:
-        raise ValueError("--resume continues the saved run with its own settings; only --steps, "
-                         f"--epochs and --out may change, but these differ from it: {', '.join(conflicts)}")
-    trainer = Trainer.resume(path, steps=args.steps, epochs=args.epochs, out=args.out)
+        changes = ", ".join(f"{_flag(name)}={typed[name]!r} (the checkpoint has {saved[name]!r})"
+                            for name in conflicts)
+        raise ValueError("--resume continues the saved run with its own settings; only --steps, --epochs "
+                         f"and result-neutral settings may change, but these differ from it: {changes}")
+    if "steps" in typed and "epochs" not in typed:
+        typed = {**typed, "epochs": None}          # --steps replaces a run's --epochs
+    trainer = Trainer.resume(path, state=state, **typed)
     if trainer.step_count >= trainer.config.steps:
-        raise ValueError(f"--resume: the checkpoint is already at step {trainer.step_count}; ask for "
-                         f"more with --steps or --epochs (that makes {trainer.config.steps} steps)")
+        raise ValueError(f"--resume: the checkpoint is already at step {trainer.step_count} of "
+                         f"{trainer.config.steps}; ask for more with --steps or --epochs")
     return trainer
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    if args.resume:
-        trainer = resumed_trainer(args)
-        print(f"resuming {args.out} at step {trainer.step_count} of {trainer.config.steps}")
-    else:
-        config = config_from_args(args)
-        config.out = args.out
-        trainer = Trainer(config)
-    start = time.perf_counter()
-    trainer.run(progress=True)
-    last = trainer.history[-1]
-    if not is_main():   # under torchrun only rank 0 reports
-        return 0
-    print(f"done: {trainer.step_count} steps in {time.perf_counter() - start:.1f} s; " +
-          ", ".join(f"{k}={_fmt(v)}" for k, v in last.items() if k != "step"))
-    if args.out:
-        print(f"wrote {args.out}/config.json, metrics.jsonl, checkpoint.pt")
-    return 0
+def report_stop(trainer: Trainer) -> int:
+    """Say where a stopped run stands and how to continue it; the exit status is 128 + the signal
+    (130 for Ctrl-C, 143 for SIGTERM)."""
+    signum = trainer.interrupted or 2
+    if is_main():
+        where = f"stopped at step {trainer.step_count} of {trainer.config.steps}"
+        out = trainer.config.out
+        print(f"\n{where}; continue with: python -m klteach train --out {out} --resume" if out else
+              f"\n{where} (no --out, so nothing was saved)", file=sys.stderr)
+    return 128 + signum
 
+
+# ---------------------------------------------------------------------- demo, bench
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .normalisers import NORMALISERS
     print(f"digits, K={args.clusters}, {args.steps} steps per normaliser, seed {args.seed}")
-    header = f"{'normaliser':<14}{'eff. clusters':>14}{'used':>6}{'entropy':>9}{'kNN':>7}{'NMI':>7}{'time s':>8}  verdict"
+    header = (f"{'normaliser':<14}{'eff. clusters':>14}{'used':>6}{'entropy':>9}{'kNN':>7}{'NMI':>7}"
+              f"{'time s':>8}  verdict")
     print(header)
     print("-" * len(header))
     for name in NORMALISERS:
         start = time.perf_counter()
-        trainer = Trainer(TrainConfig(dataset="digits", normaliser=name, clusters=args.clusters,
-                                      steps=args.steps, seed=args.seed, device=args.device,
-                                      eval_every=0))
+        trainer = Trainer(dataset="digits", normaliser=name, clusters=args.clusters, steps=args.steps,
+                          seed=args.seed, device=args.device, eval_every=0)
         trainer.run()
         r = trainer.history[-1]
         verdict = {"one-cluster": "COLLAPSED to one cluster", "uniform": "COLLAPSED to uniform output"}
@@ -137,17 +154,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """The bench parser's defaults are suppressed, so ``args`` holds only the flags typed; they
-    override :func:`klteach.bench.default_config` for the device asked for."""
-    from .bench import default_config, run_benchmark
-    typed = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
-    if getattr(args, "fixed_prototypes", False):
-        typed["learnable_prototypes"] = False
-    if getattr(args, "centred_prototypes", False):
-        typed["centred_prototypes"] = True
-    config = dataclasses.replace(default_config(typed.get("device", "auto")), **typed)
-    run_benchmark(config, bench_steps=getattr(args, "bench_steps", None), warmup=getattr(args, "warmup", None),
-                  json_path=getattr(args, "json", None))
+    from . import bench
+    typed = typed_settings(args)
+    settings = with_changes(bench.default_config(typed.get("device", "auto")), typed)
+    bench.run_benchmark(settings, bench_steps=args.bench_steps, warmup=args.warmup, json_path=args.json)
     return 0
 
 
@@ -155,42 +165,52 @@ def _fmt(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+# ---------------------------------------------------------------------- the parser
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m klteach", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train one configuration")
-    _add_train_flags(train, TrainConfig())
-    train.add_argument("--out", default=None, help="directory for config.json, metrics.jsonl, checkpoint.pt")
-    train.add_argument("--resume", action="store_true",
-                       help="continue the run saved in --out DIR up to --steps (or --epochs) in all; "
-                            "a stopped run continues bit for bit")
+    add_setting_flags(train, TrainConfig())
+    again = train.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue the run saved in --out DIR (to --steps/--epochs in all, by default to "
+                            "its planned total); a stopped run continues bit for bit")
+    again.add_argument("--overwrite", action="store_true", help="start again in an --out DIR that holds a run")
+    train.set_defaults(handler=cmd_train)
     demo = sub.add_parser("demo", help="digits with every normaliser: which collapse?")
     demo.add_argument("--clusters", "-K", type=int, default=20)
     demo.add_argument("--steps", type=int, default=DEMO_STEPS)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--device", default="cpu")
+    demo.set_defaults(handler=cmd_demo)
     bench = sub.add_parser("bench", help="images/s, s/epoch and peak memory of one configuration")
-    _add_train_flags(bench, TrainConfig())
-    bench.add_argument("--bench-steps", type=int, help="timed steps (default: 50 on a GPU, 3 on a CPU)")
-    bench.add_argument("--warmup", type=int, help="untimed steps first (default: 10 on a GPU, 1 on a CPU)")
-    bench.add_argument("--json", help="write the result here")
-    for action in bench._actions:      # only typed flags reach cmd_bench: the rest is default_config's
-        action.default = argparse.SUPPRESS
-    coursework.add_subcommand(sub)
-    from . import site
-    site.add_subcommand(sub)                # contract 7: `site` registers itself
+    add_setting_flags(bench, _bench_defaults())
+    bench.add_argument("--bench-steps", type=int, default=None, help="timed steps (default: per device)")
+    bench.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: per device)")
+    bench.add_argument("--json", default=None, help="write the result here")
+    bench.set_defaults(handler=cmd_bench)
+    for module in (coursework, site):      # each adds its own subcommand and handler
+        module.add_subcommand(sub)
     return parser
+
+
+def _bench_defaults() -> TrainConfig:
+    from . import bench
+    return bench.default_config("auto")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"train": cmd_train, "demo": cmd_demo, "bench": cmd_bench}
     try:
-        handler = getattr(args, "handler", None) or commands[args.command]   # contract 7 subcommands bring theirs
-        return handler(args)
+        return int(args.handler(args))
     except (ValueError, OSError, TrainingError) as error:   # OSError: missing, unreadable or not a folder
+        sys.stdout.flush()
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
+    except KeyboardInterrupt:                                # before or after a run: nothing to save
+        print("\ninterrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

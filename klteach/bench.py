@@ -37,9 +37,11 @@ from typing import Any
 import torch
 
 from . import data as data_lib
+from .checkpoint import write_json_atomic
+from .config import TrainConfig, resolve_device
 from .models import ClusteringModel, count_parameters
 from .normalisers import make_normaliser
-from .train import TrainConfig, Trainer, resolve_device, write_json_atomic
+from .train import Trainer
 
 CIFAR10_TRAIN_IMAGES = 50_000
 """Images in one CIFAR-10 training epoch, the unit the issue's targets use."""
@@ -297,7 +299,7 @@ class PlainLoop:
         self.student = copy.deepcopy(trainer.student).train()
         self.teacher = copy.deepcopy(self.student).requires_grad_(False)
         self.normaliser = make_normaliser(cfg.normaliser, cfg.clusters, cfg.lam, cfg.prior, cfg.prior_momentum,
-                                          cfg.center_momentum).to(self.device)
+                                          cfg.centre_momentum).to(self.device)
         self.optimiser = torch.optim.AdamW(self.student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
         self.channels_last = self.device.type == "cuda" and self.images.dim() == 4

@@ -27,7 +27,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+
+from . import dist
+
+if TYPE_CHECKING:
+    from .data import Dataset
 
 # the choices named by type; klteach.normalisers/models check that they agree (tests/test_config.py)
 NormaliserName = Literal["none", "inverse-prior", "centering", "batchnorm", "sinkhorn"]
@@ -332,7 +339,49 @@ def resume_conflicts(saved: Mapping[str, Any], asked: Mapping[str, Any]) -> list
     return conflicts
 
 
+# ---------------------------------------------------------------------- this machine, this data
+
+def validate_config(config: TrainConfig) -> TrainConfig:
+    """Raise ``ValueError`` unless ``config`` can run on this machine; return ``config``.
+    (Each value was already checked when it was set.)"""
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use cpu or auto")
+    return config
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when a GPU is present, else the CPU; under ``torchrun`` each process
+    takes the GPU of its ``LOCAL_RANK``."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None and dist.env_world_size() > 1:
+        device = torch.device("cuda", dist.local_rank())
+    return device
+
+
+def check_batch_size(batch_size: int, dataset: Dataset) -> None:
+    """Raise ``ValueError`` unless ``batch_size`` fits the training set and splits evenly over
+    the processes (each takes an equal share of every batch)."""
+    n_train = dataset.train.shape[0]
+    if batch_size > n_train:
+        raise ValueError(f"batch_size {batch_size} is larger than the dataset "
+                         f"{dataset.name!r} ({n_train} training samples)")
+    if batch_size % dist.world_size():
+        raise ValueError(f"batch_size {batch_size} must be divisible by the number of processes "
+                         f"({dist.world_size()}): each takes an equal share of every batch")
+
+
+def same_dataset(saved: str, current: str) -> bool:
+    """True when two ``dataset`` settings name the same data: the same name, or folder paths that
+    resolve to the same folder (an older checkpoint may hold a relative path)."""
+    if saved == current:
+        return True
+    return is_folder_path(saved) and is_folder_path(current) and Path(saved).resolve() == Path(current).resolve()
+
+
 __all__ = ["TrainConfig", "SettingInfo", "setting_info", "settings_of_kind", "setting_names",
            "neutral_settings", "convert", "describe_allowed", "with_changes", "config_from_dict",
            "resume_conflicts", "dataset_location", "is_folder_path", "NormaliserName", "PriorMode",
-           "Architecture", "Precision", "Kind", "KINDS"]
+           "Architecture", "Precision", "Kind", "KINDS", "validate_config", "resolve_device",
+           "check_batch_size", "same_dataset"]

@@ -8,19 +8,21 @@ batch.
 Under ``torchrun`` (``WORLD_SIZE > 1`` in the environment) :func:`init_from_env` starts the
 process group: NCCL when the model lives on a GPU, gloo on CPUs. Every process builds the
 same model from the same seed and draws the same random numbers; each takes its own slice
-of every global batch (:func:`shard`).
+of every global batch (:func:`shard`). Only public APIs of torch are used.
 """
 from __future__ import annotations
 
 import atexit
 import contextlib
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.distributed as torch_dist
 from torch import Tensor, nn
 
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 _local_only = False
 _control_group: tuple[Any, Any] | None = None   # (the process group it belongs to, the gloo group)
 
@@ -186,65 +188,96 @@ def shard(batch: Tensor) -> Tensor:
     return batch[rank() * size:(rank() + 1) * size]
 
 
-class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+"""The layers :func:`convert_to_global_batchnorm` replaces."""
+
+
+class GlobalBatchNorm(nn.Module):
     """Batch normalisation with the mean and variance of the *global* batch, on any device.
 
     ``torch.nn.SyncBatchNorm`` does the same but only for GPUs; this is its counterpart for
     gloo on CPUs. Statistics are all-reduced in two passes (the mean, then the mean squared
     deviation) and gradients flow through them; running statistics use the unbiased variance,
-    as ``BatchNorm`` does. In one process, or in eval mode, it is plain ``BatchNorm``.
+    as ``BatchNorm`` does. In one process, or in eval mode, it computes what ``BatchNorm``
+    computes (with :func:`torch.nn.functional.batch_norm`). Parameters and buffers have
+    ``BatchNorm``'s names, so state dicts are interchangeable.
     """
 
-    def _check_input_dim(self, x: Tensor) -> None:
-        if x.dim() < 2:
-            raise ValueError(f"expected at least 2-d input, got {x.dim()}-d")
+    running_mean: Tensor | None
+    running_var: Tensor | None
+    num_batches_tracked: Tensor | None
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True) -> None:
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.affine, self.track_running_stats = affine, track_running_stats
+        self.weight = nn.Parameter(torch.ones(num_features)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None
+        tracked = track_running_stats
+        self.register_buffer("running_mean", torch.zeros(num_features) if tracked else None)
+        self.register_buffer("running_var", torch.ones(num_features) if tracked else None)
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long) if tracked else None)
 
     def forward(self, x: Tensor) -> Tensor:
-        if not (self.training and is_distributed()):
-            return super().forward(x)
-        self._check_input_dim(x)
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2-d input, got {x.dim()}-d")
+        factor = self._count_batch()
+        if not (self.training and is_distributed()):   # as BatchNorm.forward
+            track = not self.training or self.track_running_stats
+            return nn.functional.batch_norm(
+                x, self.running_mean if track else None, self.running_var if track else None,
+                self.weight, self.bias, self.training or self.running_mean is None, factor, self.eps)
         reduce_dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
         count = all_sum(torch.tensor(float(x.numel() // x.shape[1]), device=x.device))
         mean = all_sum(x.sum(reduce_dims)) / count
         centred = x - mean.view(shape)
         var = all_sum(centred.pow(2).sum(reduce_dims)) / count
-        if self.track_running_stats:
+        if self.running_mean is not None and self.running_var is not None and self.track_running_stats:
             with torch.no_grad():
-                self.num_batches_tracked.add_(1)
-                factor = (1.0 / float(self.num_batches_tracked) if self.momentum is None
-                          else self.momentum)
                 self.running_mean.lerp_(mean.detach(), factor)
                 self.running_var.lerp_(var.detach() * count / (count - 1).clamp_min(1), factor)
         y = centred * (var + self.eps).rsqrt().view(shape)
-        if self.affine:
+        if self.weight is not None and self.bias is not None:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         return y
+
+    def _count_batch(self) -> float:
+        """Count a training batch; the running statistics' update factor (``momentum``, or the
+        cumulative average ``1/n`` when it is None)."""
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                return 1.0 / float(self.num_batches_tracked)
+        return 0.0 if self.momentum is None else self.momentum
+
+    @classmethod
+    def replacing(cls, layer: nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d) -> GlobalBatchNorm:
+        """A :class:`GlobalBatchNorm` sharing ``layer``'s parameters and buffers (a ``BatchNorm*d``)."""
+        converted = cls(layer.num_features, layer.eps, layer.momentum, layer.affine, layer.track_running_stats)
+        for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+            if getattr(layer, name) is not None:
+                setattr(converted, name, getattr(layer, name))
+        converted.train(layer.training)
+        return converted
 
 
 def convert_to_global_batchnorm(module: nn.Module) -> nn.Module:
     """Replace every ``BatchNorm*d`` in ``module`` by a :class:`GlobalBatchNorm` with the same
     parameters and buffers (state-dict keys are unchanged)."""
-    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GlobalBatchNorm):
-        converted = GlobalBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                                    module.track_running_stats)
-        if module.affine:
-            converted.weight, converted.bias = module.weight, module.bias
-        if module.track_running_stats:
-            converted.running_mean, converted.running_var = module.running_mean, module.running_var
-            converted.num_batches_tracked = module.num_batches_tracked
-        converted.train(module.training)
-        return converted
+    if isinstance(module, BATCH_NORMS):
+        return GlobalBatchNorm.replacing(module)
     for name, child in module.named_children():
         module.add_module(name, convert_to_global_batchnorm(child))
     return module
 
 
-def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+def sync_batchnorm(module: ModuleT, device: torch.device) -> ModuleT:
     """Batch norm over the global batch: ``torch.nn.SyncBatchNorm`` on a GPU, else
-    :class:`GlobalBatchNorm`. Unchanged in one process."""
+    :class:`GlobalBatchNorm` (in place: the module's layers are replaced). Unchanged in one process."""
     if not is_distributed():
         return module
     if device.type == "cuda":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
-    return convert_to_global_batchnorm(module)
+        return cast(ModuleT, nn.SyncBatchNorm.convert_sync_batchnorm(module))
+    return cast(ModuleT, convert_to_global_batchnorm(module))

@@ -1,8 +1,10 @@
 """The course as a static website: ``python -m klteach site OUT``.
 
 Every chapter in ``notebooks/`` becomes ``OUT/NN-name.html`` with the outputs saved in it (nothing
-is executed, no kernel is needed); every Markdown page there (``equations.md``) becomes
-``OUT/equations.html``; ``OUT/index.html`` lists them all and every page links to its neighbours.
+is executed, no kernel is needed). By default it is the student edition, exercises without their
+solutions, as ``python -m klteach course`` writes it; ``--edition instructor`` keeps them. Every
+Markdown page there becomes a page too (``equations.md`` -> ``OUT/equations.html``), and
+``OUT/index.html`` lists them all; every page links to its neighbours.
 Links between chapters (``02-distillation-kl.ipynb#...``) and to ``equations.md`` are rewritten to
 the pages. Figures stay interactive: plotly.js is copied once into ``OUT/static/`` and each page
 draws its saved figure JSON with it. MathJax 3 is copied there too, from the ``django-static-mathjax``
@@ -29,9 +31,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from . import coursework
 from .static import PLOTLY_MIME, WIDGET_MIME
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 MARKER = ".klteach-site"      # a folder holding this file was built here and may be rebuilt
 MATHJAX_PARTS = ("tex-svg.js", "input/tex", "ui", "a11y", "sre")
 """What of MathJax 3 (``es5/`` of the django-static-mathjax package) the pages use: TeX in, SVG out
@@ -89,8 +91,9 @@ class Page:
     title: str
 
 
-def pages_of(folder: Path) -> list[Page]:
-    """The chapters (``*.ipynb``) then the Markdown pages (``*.md``) of ``folder``, in name order."""
+def pages_of(folder: Path, edition: str = "student") -> list[Page]:
+    """The chapters (``*.ipynb``) then the Markdown pages (``*.md``; the student edition leaves out
+    the lecturer's guide) of ``folder``, in name order."""
     import nbformat
 
     pages = []
@@ -99,6 +102,8 @@ def pages_of(folder: Path) -> list[Page]:
         text = next((c.source for c in cells if c.cell_type == "markdown"), "")
         pages.append(Page(path, f"{path.stem}.html", _first_heading(text) or path.stem))
     for path in sorted(folder.glob("*.md")):
+        if edition == "student" and path.name in coursework.INSTRUCTOR_FILES:
+            continue
         pages.append(Page(path, f"{path.stem}.html", _first_heading(path.read_text()) or path.stem))
     return pages
 
@@ -310,19 +315,25 @@ def _check_out(out: Path) -> None:
                          "so that nothing else is overwritten")
 
 
-def build_site(out: Path, notebooks: Path = NOTEBOOKS) -> list[Path]:
-    """Build the site into ``out`` (replacing a site built there before) and return its pages.
+def build_site(out: Path, notebooks: Path | None = None, edition: str = "student") -> list[Path]:
+    """Build the site of the course in ``notebooks`` (default: the course's own chapters) into
+    ``out``, replacing a site built there before, and return its pages. The ``"student"`` edition
+    shows the exercises without their solutions (as ``python -m klteach course`` writes them); the
+    ``"instructor"`` edition shows the notebooks as they are.
 
     The pages are written to a temporary folder beside ``out`` that replaces it only when all are
     done: an interrupted build leaves the previous site as it was."""
     import nbformat
     import plotly
 
-    out, notebooks = Path(out), Path(notebooks)
+    if edition not in coursework.EDITIONS:
+        raise ValueError(f"edition {edition!r} is not one of {', '.join(coursework.EDITIONS)}")
+    out = Path(out)
+    notebooks = coursework.course_source() if notebooks is None else Path(notebooks)
     if not notebooks.is_dir() or not any(notebooks.glob("*.ipynb")):
         raise ValueError(f"{notebooks}: no notebooks (*.ipynb) there; pass the course's notebooks folder")
     _check_out(out)
-    pages = pages_of(notebooks)
+    pages = pages_of(notebooks, edition)
     names = {page.name for page in pages} | {"index.html"}
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
@@ -341,7 +352,11 @@ def build_site(out: Path, notebooks: Path = NOTEBOOKS) -> list[Path]:
         sources: list[tuple[str, Any, str]] = [("index.html", index, "klteach — contents")]
         for page in pages:
             if page.source.suffix == ".ipynb":
-                notebook = static_outputs(nbformat.read(page.source, as_version=4))
+                notebook = nbformat.read(page.source, as_version=4)
+                if edition == "student":
+                    student = coursework.student_notebook(notebook, page.source.name)
+                    notebook = nbformat.reads(coursework.notebook_text(student), as_version=4)
+                notebook = static_outputs(notebook)
             else:
                 notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(page.source.read_text())])
             sources.append((page.name, notebook, page.title))
@@ -363,7 +378,7 @@ def build_site(out: Path, notebooks: Path = NOTEBOOKS) -> list[Path]:
 
 def cmd_site(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    written = build_site(Path(args.out), Path(args.notebooks))
+    written = build_site(Path(args.out), Path(args.notebooks) if args.notebooks else None, args.edition)
     broken = broken_links(Path(args.out))
     print(f"wrote {len(written)} pages to {args.out} in {time.perf_counter() - started:.1f} s; "
           f"open {Path(args.out) / 'index.html'}")
@@ -377,6 +392,9 @@ def add_subcommand(subparsers: Any) -> None:
     parser = subparsers.add_parser("site", help="build the chapters, with their saved outputs, into a static "
                                                 "HTML site (no kernel, no network)")
     parser.add_argument("out", help="folder for the site (new, empty, or a site built there before)")
-    parser.add_argument("--notebooks", default=str(NOTEBOOKS), help=f"the chapters' folder (default {NOTEBOOKS})")
+    parser.add_argument("--edition", default="student", choices=coursework.EDITIONS,
+                        help="student (default): exercises without their solutions; instructor: as they are")
+    parser.add_argument("--notebooks", default=None,
+                        help="the chapters' folder (default: the course's own, notebooks/ of a clone)")
     parser.set_defaults(handler=cmd_site)
 

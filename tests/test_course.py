@@ -1,9 +1,15 @@
-"""The course as a whole: every equation is taught, and notebooks use the library, not copies of it."""
+"""The course as a whole: every equation is taught, notebooks use the library, not copies of it, and
+constraints.txt pins the environment the course is tested in.
+
+``python tests/test_course.py > constraints.txt`` rewrites the constraints from the environment
+this runs in (after the whole suite has passed there)."""
 import ast
 import importlib
+import importlib.metadata
 import inspect
 import pkgutil
 import re
+import sys
 from pathlib import Path
 
 import nbformat
@@ -11,6 +17,7 @@ import pytest
 
 import klteach
 
+REPO = Path(__file__).parent.parent
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("[0-9][0-9]-*.ipynb"))
 CHAPTERS = [nb for nb in NOTEBOOKS if not nb.name.startswith("00-")]
 
@@ -81,3 +88,85 @@ def test_notebooks_do_not_redefine_library_functions(notebook):
                if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
     copies = {name: library[name] for name in defined & set(library)}
     assert not copies, f"{notebook.name} re-defines library code: {copies}; import it instead"
+
+
+# ---------------------------------------------------------------- the course's environment (constraints.txt)
+
+CONSTRAINTS = REPO / "constraints.txt"
+CONSTRAINTS_HEADER = """\
+# The course's CPU environment, pinned: every package klteach and its tests (the dev extra) need, at the
+# versions installed where the suite and the chapters pass (CPython 3.11, Linux x86-64, no GPU).
+#   pip install torch==2.13.0   (the CPU build, first)
+#   pip install -c constraints.txt -e ".[dev]"
+# Regenerate from an environment where everything passes: python tests/test_course.py > constraints.txt
+"""
+
+
+def project_requirements() -> list[str]:
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    return project["dependencies"] + project["optional-dependencies"]["dev"]
+
+
+def installed_closure(requirements: list[str]) -> dict[str, str]:
+    """Canonical name -> installed version of every distribution ``requirements`` pull in here
+    (markers evaluated for this interpreter, extras followed)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    found: dict[str, str] = {}
+    todo = [(Requirement(r), {""}) for r in requirements]
+    done: set[tuple[str, frozenset[str]]] = set()
+    while todo:
+        requirement, extras_of_parent = todo.pop()
+        if requirement.marker and not any(requirement.marker.evaluate({"extra": e}) for e in extras_of_parent):
+            continue
+        key = (canonicalize_name(requirement.name), frozenset(requirement.extras))
+        if key in done:
+            continue
+        done.add(key)
+        distribution = importlib.metadata.distribution(requirement.name)
+        found[key[0]] = distribution.version
+        todo += [(Requirement(r), set(requirement.extras) | {""}) for r in distribution.requires or []]
+    return found
+
+
+def pinned() -> dict[str, str]:
+    from packaging.utils import canonicalize_name
+    pins = {}
+    for line in CONSTRAINTS.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = version
+    return pins
+
+
+def public(version: str) -> str:
+    """``2.13.0`` for ``2.13.0+cpu``: the constraint names the release, pip's index picks the build."""
+    return version.split("+")[0]
+
+
+def test_constraints_pin_every_package_the_course_needs_as_installed():
+    needed = {name: public(version) for name, version in installed_closure(project_requirements()).items()}
+    pins = pinned()
+    assert not set(needed) - set(pins), f"not pinned in constraints.txt: {sorted(set(needed) - set(pins))}"
+    assert not set(pins) - set(needed), f"pinned but not needed: {sorted(set(pins) - set(needed))}"
+    differ = {name: (pins[name], needed[name]) for name in pins if pins[name] != needed[name]}
+    assert not differ, f"constraints.txt (pinned, installed) differ from this environment: {differ}"
+    assert pins["torch"] == "2.13.0"
+
+
+def test_pyproject_bounds_admit_the_pinned_versions():
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+    pins = pinned()
+    for text in project_requirements():
+        requirement = Requirement(text)
+        assert requirement.specifier.contains(pins[canonicalize_name(requirement.name)]), \
+            f"pyproject says {text}, constraints.txt pins {pins[canonicalize_name(requirement.name)]}"
+
+
+if __name__ == "__main__":
+    closure = installed_closure(project_requirements())
+    sys.stdout.write(CONSTRAINTS_HEADER + "".join(f"{name}=={public(closure[name])}\n" for name in sorted(closure)))

@@ -313,3 +313,25 @@ def test_a_wheel_carries_the_course(tmp_path):
     assert {f"klteach/notebooks/{p.name}" for p in course_files()} <= names, sorted(names)
     assert {f"klteach/recordings/{p.name}" for p in recordings_dir().glob("*.json")} <= names
     assert "klteach/coursework.py" in names
+
+
+def test_nbgrader_generates_a_release_from_the_notebooks_unchanged(tmp_path):
+    """Where nbgrader is installed (it pins its own dependencies: keep it in a separate venv),
+    ``nbgrader generate_assignment`` accepts the instructor notebooks and hides every solution."""
+    pytest.importorskip("nbgrader")
+    import os
+    source = tmp_path / "source" / "klteach"
+    source.mkdir(parents=True)
+    for path in NOTEBOOKS:
+        shutil.copy(path, source)
+    (tmp_path / "nbgrader_config.py").write_text("c = get_config()\nc.CourseDirectory.course_id = 'klteach'\n")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")   # its alembic
+    done = subprocess.run([sys.executable, "-m", "nbgrader", "generate_assignment", "klteach"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for path in NOTEBOOKS:
+        released = json.loads((tmp_path / "release" / "klteach" / path.name).read_text())
+        stubs = [source_of(c) for c in released["cells"] if c["metadata"].get("nbgrader", {}).get("solution")]
+        assert all("raise NotImplementedError()" in s or s == "YOUR ANSWER HERE" for s in stubs)
+        for cell in load(path)["cells"]:
+            assert not set(solution_lines(source_of(cell))) & {s.strip() for t in stubs for s in t.split("\n")}

@@ -12,9 +12,10 @@ import torch
 
 from klteach import __main__ as cli
 from klteach import data
+from klteach import train as train_module
+from klteach.checkpoint import read_metrics
 from klteach.normalisers import NORMALISERS
 from klteach.train import TrainConfig, Trainer, TrainingError
-
 
 pytestmark = pytest.mark.usefixtures("one_thread_float32")   # tests/conftest.py
 
@@ -115,8 +116,8 @@ def test_checkpoint_holds_every_piece_of_state(tmp_path):
     trainer.set(lam=0.3)
     trainer.save_checkpoint(tmp_path / "checkpoint.pt")
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)       # plain data only
-    for key in ("student", "teacher", "optimiser", "normaliser", "generator", "torch_rng", "epoch_order",
-                "step", "config", "history", "events", "pending", "last_loss"):
+    for key in ("student", "teacher", "optimiser", "normaliser", "generator", "epoch_order", "checksum",
+                "step", "config", "history", "events", "pending", "last_loss", "dataset_fingerprint"):
         assert key in state, key
     assert set(state["normaliser"]) == {"running_prior", "full_prior"}
     assert torch.equal(state["normaliser"]["full_prior"], trainer.normaliser.full_prior)
@@ -140,7 +141,7 @@ def test_a_crash_while_writing_keeps_the_previous_checkpoint_and_leaves_no_temp_
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", half_then_crash)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OSError, match=f"^cannot write checkpoint to {tmp_path}: no space left on device$"):
         trainer.run(3)                                   # the step-6 checkpoint fails half-way
     monkeypatch.undo()
     assert path.read_bytes() == before
@@ -289,20 +290,25 @@ def test_an_empty_cluster_in_the_whole_set_prior_is_floored():
     assert math.isfinite(trainer.step())
 
 
+def loss_becomes(value):
+    """A patch for ``klteach.train.cross_view_loss`` whose loss is ``value``."""
+    return lambda q_views, log_p_views: torch.full((), value, requires_grad=True)
+
+
 @pytest.mark.parametrize("make_it_fail, cause", [
-    (lambda t: t.student.prototypes.weight.data.fill_(float("nan")), "weights are already NaN"),
-    (lambda t: t.dataset.train.fill_(float("nan")), "training data contains NaN"),
-    (lambda t: (setattr(t, "forward", lambda a, b: torch.full((), float("inf"), requires_grad=True)),
-                t.set(tau_teacher=0.01)), r"temperatures too low \(tau_student=0.1, tau_teacher=0.01\)"),
-    (lambda t: setattr(t, "forward", lambda a, b: torch.full((), float("nan"), requires_grad=True)),
+    (lambda t, patch: t.student.prototypes.weight.data.fill_(float("nan")), "weights are already NaN"),
+    (lambda t, patch: t.dataset.train.fill_(float("nan")), "training data contains NaN"),
+    (lambda t, patch: (patch.setattr(train_module, "cross_view_loss", loss_becomes(float("inf"))),
+                       t.set(tau_teacher=0.01)), r"temperatures too low \(tau_student=0.1, tau_teacher=0.01\)"),
+    (lambda t, patch: patch.setattr(train_module, "cross_view_loss", loss_becomes(float("nan"))),
      r"learning rate too high \(lr=0.001\)"),
 ], ids=["nan-weights", "nan-data", "low-temperature", "otherwise-lr"])
-def test_a_non_finite_loss_names_the_step_and_the_likely_cause(make_it_fail, cause):
+def test_a_non_finite_loss_names_the_step_and_the_likely_cause(make_it_fail, cause, monkeypatch):
     trainer = toy(eval_every=0)
     for _ in range(3):
         trainer.step()
     reference = trainer.state()
-    make_it_fail(trainer)
+    make_it_fail(trainer, monkeypatch)
     with pytest.raises(TrainingError, match=f"at step 3; likely cause: [^.]*{cause}"):
         trainer.step()
     assert trainer.step_count == 3
@@ -447,3 +453,40 @@ def test_a_checkpoint_from_another_kind_of_device_resumes_with_a_warning():
     with pytest.warns(UserWarning, match="written on cuda, this run is on cpu: the augmentation random stream"):
         other.load_state(state)
     assert other.step_count == 1 and math.isfinite(other.step())
+
+
+# ---------------------------------------------------------------- run files (contract 2)
+
+def strict_json_lines(path):
+    """Parse each line as strict JSON: NaN and Infinity are not JSON."""
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
+
+
+def test_metrics_file_holds_cluster_sizes_and_every_change_as_an_event_row(tmp_path):
+    trainer = toy(out=str(tmp_path), eval_every=3)
+    trainer.run(6, should_stop=lambda: trainer.step_count == 4 and not trainer.events
+                and trainer.set(tau_teacher="0.05"))
+    evaluations, events = read_metrics(tmp_path / "metrics.jsonl")
+    assert [row["step"] for row in evaluations] == [3, 6]
+    assert events == [{"step": 4, "event": "set", "changes": {"tau_teacher": 0.05}, "restart": False}]
+    assert [row.get("event") for row in strict_json_lines(tmp_path / "metrics.jsonl")] == [None, "set", None]
+    for row in evaluations:
+        for key in ("cluster_sizes_student", "cluster_sizes_teacher"):
+            assert len(row[key]) == 8 and abs(sum(row[key]) - 1) < 1e-5 and min(row[key]) >= 0, key
+    # a restart starts the file again, with the change that restarted it first
+    trainer.set(clusters=5)
+    trainer.run(3)
+    evaluations, events = read_metrics(tmp_path)
+    assert [row["step"] for row in evaluations] == [3] and len(evaluations[0]["cluster_sizes_student"]) == 5
+    assert events == [{"step": 6, "event": "set", "changes": {"clusters": 5}, "restart": True}]
+    assert strict_json_lines(tmp_path / "metrics.jsonl")[0]["event"] == "set"
+
+
+def test_metrics_file_is_strict_json_with_null_for_non_finite_values(tmp_path):
+    trainer = toy(out=str(tmp_path), steps=0)
+    trainer.run()                                  # evaluated before any step: the loss is NaN
+    rows = strict_json_lines(tmp_path / "metrics.jsonl")
+    assert rows[0]["step"] == 0 and rows[0]["loss"] is None
+    assert json.loads((tmp_path / "config.json").read_text())["steps"] == 0

@@ -11,7 +11,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from klteach import site, static
+from klteach import coursework, site, static
 from klteach.__main__ import main as klteach_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,8 +27,14 @@ def course_site(tmp_path_factory) -> Path:
     return out
 
 
+def student_edition(path: Path) -> nbformat.NotebookNode:
+    """The chapter as the (default) student site shows it."""
+    student = coursework.student_notebook(nbformat.read(path, as_version=4))
+    return nbformat.reads(coursework.notebook_text(student), as_version=4)
+
+
 def saved_figures(path: Path) -> list[dict]:
-    notebook = nbformat.read(path, as_version=4)
+    notebook = student_edition(path)
     return [output["data"][static.PLOTLY_MIME] for _, output in static.rich_outputs(notebook)
             if static.PLOTLY_MIME in output["data"]]
 
@@ -67,7 +73,7 @@ def test_every_saved_figure_is_drawn_from_its_own_json_by_one_copy_of_plotly_js(
         assert drawn == figures, f"{path.name}: the page does not draw the saved figures"
         assert page.count('<script src="static/plotly.min.js"></script>') == 1
         pictures = sum("image/png" in output["data"] and static.WIDGET_MIME in output["data"]
-                       for _, output in static.rich_outputs(nbformat.read(path, as_version=4)))
+                       for _, output in static.rich_outputs(student_edition(path)))
         outside_figures = re.sub(r'Plotly\.newPlot\(.*?\);</script>', "", page)   # a figure may hold an image
         assert outside_figures.count("data:image/png") == pictures       # figures are drawn, not pictures
         assert len(page) < 2_000_000, f"{path.name}: {len(page)} bytes, plotly.js or CSS inlined?"
@@ -77,11 +83,21 @@ def test_every_saved_figure_is_drawn_from_its_own_json_by_one_copy_of_plotly_js(
 
 def test_widgets_show_their_note_instead_of_a_widget_repr(course_site):
     for path in sorted(NOTEBOOKS.glob("*.ipynb")):
-        notebook = nbformat.read(path, as_version=4)
+        notebook = student_edition(path)
         widgets = sum(static.WIDGET_MIME in output["data"] for _, output in static.rich_outputs(notebook))
         page = (course_site / f"{path.stem}.html").read_text()
         assert page.count('class="klteach-widget') == widgets, path.name
         assert "VBox(children" not in page and "application/vnd.jupyter.widget-view+json" not in page
+
+
+def test_the_course_site_is_the_student_edition(course_site):
+    solutions = 0
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        solutions += nbformat.read(path, as_version=4).cells.__repr__().count(coursework.SOLUTION_BEGIN)
+        page = (course_site / f"{path.stem}.html").read_text()
+        assert coursework.SOLUTION_BEGIN not in page and coursework.SOLUTION_END not in page, path.name
+    if solutions:
+        assert "NotImplementedError" in (course_site / "01-mixture-model.html").read_text()
 
 
 def test_nothing_is_fetched_from_the_network(course_site):
@@ -134,6 +150,29 @@ def small_course(folder: Path, equations: bool = True) -> Path:
         (folder / "equations.md").write_text("# Equations\n\n## The inverse prior (14)\n\n"
                                              '<a id="eq-14"></a>\n\n$$q_k(x) \\propto p_k(x) / \\pi_k \\tag{14}$$\n')
     return folder
+
+
+def test_the_instructor_edition_keeps_solutions_and_the_lecturers_guide(tmp_path):
+    notebooks = small_course(tmp_path / "notebooks")
+    exercise = nbformat.v4.new_code_cell("def my_prior(p):\n    ### BEGIN SOLUTION\n    return p.mean(0)\n"
+                                         "    ### END SOLUTION\n\npassed = check(my_prior)")
+    exercise.metadata["nbgrader"] = coursework.solution_metadata("ex1-1-prior")
+    chapter = nbformat.read(notebooks / "b-second.ipynb", as_version=4)
+    chapter.cells.append(exercise)
+    nbformat.write(chapter, notebooks / "b-second.ipynb")
+    (notebooks / "LECTURER.md").write_text("# Lecturer's guide\n\nThe answers.\n")
+
+    site.build_site(tmp_path / "student", notebooks)
+    page = (tmp_path / "student" / "b-second.html").read_text()
+    assert coursework.SOLUTION_BEGIN not in page and "NotImplementedError" in page
+    assert not (tmp_path / "student" / "LECTURER.html").exists()
+
+    site.build_site(tmp_path / "instructor", notebooks, edition="instructor")
+    page = (tmp_path / "instructor" / "b-second.html").read_text()
+    assert coursework.SOLUTION_BEGIN in page and "NotImplementedError" not in page
+    assert (tmp_path / "instructor" / "LECTURER.html").is_file()
+    with pytest.raises(ValueError, match="'teacher' is not one of student, instructor"):
+        site.build_site(tmp_path / "x", notebooks, edition="teacher")
 
 
 def test_links_to_chapters_and_to_the_equations_page_land_on_their_pages(tmp_path):

@@ -15,8 +15,13 @@ from klteach import static
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
-can_draw = pytest.mark.skipif(static.figure_png({"data": []}, 10, 10) is None,
-                              reason="kaleido or a Chromium is missing: no static image can be drawn here")
+
+
+@pytest.fixture(scope="module")
+def can_draw() -> None:
+    """Skip a test that draws when kaleido or a Chromium is missing (a student's machine)."""
+    if static.figure_png({"data": []}, 10, 10) is None:
+        pytest.skip("kaleido or a Chromium is missing: no static image can be drawn here")
 
 RED_BARS = {"data": [{"type": "bar", "x": ["a", "b"], "y": [1, 2], "marker": {"color": "#ff0000"}}],
             "layout": {"height": 300, "title": {"text": "two red bars"}}}
@@ -56,17 +61,16 @@ def red_share(png: bytes) -> float:
     return image.tobytes().count(b"\xff\x00\x00") / (image.width * image.height)
 
 
-@can_draw
-def test_figure_png_draws_the_figure_at_its_size():
+def test_figure_png_draws_the_figure_at_its_size(can_draw):
     png = static.figure_png(RED_BARS)
     assert Image.open(io.BytesIO(png)).size == (static.DEFAULT_WIDTH, 300)    # layout height, default width
     assert red_share(png) > 0.05                                  # the bars really are drawn
+    assert static.figure_png(RED_BARS) == png                     # redrawing changes no byte of a notebook
     assert red_share(static.figure_png({"data": [], "layout": {"height": 300}})) == 0
     assert Image.open(io.BytesIO(static.figure_png(RED_BARS, width=320, height=200))).size == (320, 200)
 
 
-@can_draw
-def test_figure_png_takes_a_plotly_figure_object():
+def test_figure_png_takes_a_plotly_figure_object(can_draw):
     go = pytest.importorskip("plotly.graph_objects")
     png = static.figure_png(go.Figure(RED_BARS))
     assert Image.open(io.BytesIO(png)).size == (static.DEFAULT_WIDTH, 300) and red_share(png) > 0.05
@@ -118,8 +122,7 @@ def test_missing_images_names_cells_and_kinds():
         static.missing_images(notebook, kinds=("movie",))
 
 
-@can_draw
-def test_images_command_adds_a_png_of_each_saved_figure_and_keeps_the_rest(tmp_path):
+def test_images_command_adds_a_png_of_each_saved_figure_and_keeps_the_rest(tmp_path, can_draw):
     other = {"data": [{"type": "scatter", "x": [0, 1], "y": [1, 0]}], "layout": {"width": 400, "height": 250}}
     notebook = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell("fig", outputs=[plotly_output(RED_BARS), plotly_output(other)]),
@@ -148,9 +151,8 @@ def test_commands_refuse_what_is_not_a_notebook(tmp_path, capsys):
     assert "missing.ipynb: not a notebook file" in capsys.readouterr().err
 
 
-@can_draw
 @pytest.mark.slow
-def test_record_executes_as_a_recording_in_the_notebooks_folder(tmp_path):
+def test_record_executes_as_a_recording_in_the_notebooks_folder(tmp_path, can_draw):
     """The recorder runs a fresh kernel in full mode with KLTEACH_RECORD=1, one thread, the
     notebook's folder as working directory, and saves every figure with its image."""
     folder = tmp_path / "chapter"
@@ -176,9 +178,7 @@ def test_record_executes_as_a_recording_in_the_notebooks_folder(tmp_path):
 
 
 @pytest.mark.slow
-def test_record_leaves_the_notebook_as_it_was_when_a_cell_fails(tmp_path, capsys):
-    if static.figure_png({"data": []}, 10, 10) is None:
-        pytest.skip("the recorder needs kaleido and a Chromium")
+def test_record_leaves_the_notebook_as_it_was_when_a_cell_fails(tmp_path, capsys, can_draw):
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("raise RuntimeError('broken chapter')")])
     notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     path = tmp_path / "broken.ipynb"

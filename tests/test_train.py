@@ -1,5 +1,6 @@
 """The training loop: settings, live changes, reproducibility, NaN safety, the command line."""
 import json
+import math
 import subprocess
 import sys
 
@@ -198,3 +199,126 @@ def test_knn_reference_set_covers_every_class_even_when_the_data_is_stored_class
     bank = trainer.knn_bank_indices()
     assert bank.numel() == 500 and trainer.dataset.train_labels[bank].unique().numel() == 8
     assert not trainer.assignments().requires_grad
+
+
+# ---------------------------------------------------------------- Trainer.set: validated and atomic (issue 10)
+
+def test_set_converts_values_exactly_as_the_constructor_does():
+    trainer = toy()
+    trainer.set(momentum="0.5", copy_every="0")
+    trainer.step()
+    assert trainer.config.momentum == 0.5 and type(trainer.config.momentum) is float
+    assert trainer.config == TrainConfig(**{**trainer.config.to_dict(), "momentum": 0.5})
+    with pytest.raises(ValueError, match="momentum must be a finite number in"):
+        trainer.set(momentum="fast")
+
+
+def test_set_refuses_settings_fixed_at_construction_naming_the_kinds():
+    trainer = toy()
+    with pytest.raises(ValueError, match=r"steps cannot change during a run \(fixed when the trainer is built\); "
+                                         r"live settings: normaliser, .*; settings that restart the run: dataset, "):
+        trainer.set(steps=5)
+    assert not trainer.pending_changes()
+
+
+def test_a_bogus_arch_is_refused_at_once_and_the_run_goes_on():
+    trainer = toy(eval_every=2)
+    trainer.run(2)
+    with pytest.raises(ValueError, match="unknown arch 'bogus'; choose one of auto, mlp, cnn, resnet18"):
+        trainer.set(arch="bogus")
+    trainer.step()
+    assert trainer.config.arch == "auto" and trainer.step_count == 3 and len(trainer.history) == 1
+
+
+def test_a_restart_that_cannot_be_built_leaves_the_trainer_exactly_as_it_was(tmp_path):
+    trainer = toy(eval_every=2, out=str(tmp_path))
+    trainer.run(2)
+    before, files = trainer.state(), {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    trainer.set(arch="cnn", clusters=5)          # valid settings, but the toy data are vectors
+    with pytest.raises(ValueError, match="needs image input"):
+        trainer.step()
+    after = trainer.state()
+    assert after["config"] == before["config"] and after["history"] == before["history"] == trainer.history
+    for part in ("student", "teacher", "optimiser", "normaliser"):
+        assert str(after[part]) == str(before[part]), part
+    assert torch.equal(after["generator"], before["generator"])
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == files
+    assert not trainer.pending_changes() and trainer.step_count == 2
+    trainer.step()                                # the dropped change is gone; training goes on
+    assert trainer.step_count == 3 and trainer.student.prototypes.weight.shape[0] == 8
+
+
+def test_weight_decay_set_during_a_run_takes_effect():
+    changed, built = toy(weight_decay=1e-4), toy(weight_decay=0.5)
+    changed.set(weight_decay=0.5)
+    for _ in range(3):
+        changed.step()
+        built.step()
+    assert torch.equal(changed.student.prototypes.weight, built.student.prototypes.weight)
+    assert changed.optimiser.param_groups[0]["weight_decay"] == 0.5
+
+
+def test_building_and_resuming_a_trainer_leave_the_process_random_state_alone(tmp_path):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    trainer = toy(out=str(tmp_path), eval_every=2)
+    trainer.run(2)
+    Trainer.resume(tmp_path / "checkpoint.pt")
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_last_loss_is_a_number_after_every_step_without_run():
+    trainer = toy()
+    assert math.isnan(trainer.last_loss)
+    trainer.train_step()
+    first = trainer.last_loss
+    assert isinstance(first, float) and math.isfinite(first)
+    assert trainer.step() == trainer.last_loss != first
+
+
+# ---------------------------------------------------------------- the GPU code path, checked on a CPU (issue 10)
+
+def test_bfloat16_autocast_and_channels_last_give_float32_logits_q_and_loss():
+    """precision="bfloat16" runs the networks as on a GPU (bf16 autocast, channels_last images);
+    the logits, the teacher's q and the loss must still be float32, computed outside autocast."""
+    from klteach import theory
+    from klteach.data import load_dataset
+
+    digits = load_dataset("digits")
+    settings = dict(dataset="digits", arch="cnn", normaliser="none", clusters=10, batch_size=32, device="cpu",
+                    eval_every=0, tau_teacher=0.04)
+    mixed, full = (Trainer(TrainConfig(**settings, precision=p), data=digits) for p in ("bfloat16", "float32"))
+    assert mixed.autocast_dtype == torch.bfloat16 and mixed.channels_last and full.autocast_dtype is None
+    seen = {}
+
+    def keep(name, what=lambda args, out: out):
+        def hook(module, args, out=None):
+            seen.setdefault(name, what(args, out))      # the first call only; returns None: no change
+        return hook
+
+    mixed.student.backbone.register_forward_pre_hook(keep("input", lambda args, out: args[0]))
+    mixed.student.head.register_forward_hook(keep("z_student"))
+    mixed.teacher.head.register_forward_hook(keep("z_teacher"))
+    mixed.normaliser.register_forward_hook(keep("q", lambda args, out: (args, out)))
+    mixed.student_log_p.register_forward_hook(keep("log_p"))
+    full.normaliser.register_forward_hook(keep("q_full"))
+    w_student = mixed.student.prototypes.unit_weights.detach().double()     # before the step moves it
+    loss_mixed, loss_full = mixed.step(), full.step()
+    (z_teacher, w_teacher, tau), q = seen["q"]
+
+    assert seen["input"].is_contiguous(memory_format=torch.channels_last)
+    conv = next(m for m in mixed.student.backbone.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    # the networks ran in bf16 (the student's embedding differs from float32's) ...
+    assert z_teacher.dtype == w_teacher.dtype == q.dtype == seen["log_p"].dtype == torch.float32
+    assert torch.equal(z_teacher, seen["z_teacher"])
+    # ... but q and log p are the float32 functions of those embeddings (bf16 logits at tau = 0.04
+    # would be off by ~1e-2)
+    q_reference = theory.sphere_posterior(z_teacher.double(), w_teacher.double(), tau)
+    torch.testing.assert_close(q.double(), q_reference, atol=2e-6, rtol=0)
+    log_p_reference = (seen["z_student"].double() @ w_student.T / 0.1).log_softmax(-1)
+    torch.testing.assert_close(seen["log_p"].double(), log_p_reference, atol=2e-5, rtol=0)
+    # and against a float32 run from the same start: close, as bf16 networks allow
+    assert abs(loss_mixed - loss_full) < 0.02 * abs(loss_full)
+    assert float((q - seen["q_full"]).abs().max()) < 0.1
