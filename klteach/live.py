@@ -122,8 +122,9 @@ def setting_parts(changes: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def collapse_message(curves: LiveCurves, clusters: int) -> str:
-    """In words, which collapse the last measurement shows, since which step, and how long after
-    which setting change (seconds in a live run, steps in a replay); ``""`` when healthy."""
+    """In words (:func:`klteach.metrics.describe_collapse`), which collapse the last measurement
+    shows, since which step, and how long after which setting change (seconds in a live run,
+    steps in a replay); ``""`` when healthy."""
     state = curves.collapse[-1] if curves.collapse else "healthy"
     if state == "healthy":
         return ""
@@ -131,19 +132,17 @@ def collapse_message(curves: LiveCurves, clusters: int) -> str:
     while onset > 0 and curves.collapse[onset - 1] == state:
         onset -= 1
     step = curves.steps[onset]
+    head = f"{metrics.describe_collapse(state).capitalize()} since step {step}"
     if state == "one-cluster":
-        head = f"Collapsed to ONE cluster (or a handful) since step {step}"
         detail = (f"{curves.effective[-1]:.2f} effective clusters of K={clusters} (the alarm is at "
                   f"≤ {metrics.one_cluster_threshold(clusters):.1f}): almost every sample goes to "
                   "the same few clusters")
     elif state == "uniform":
-        head = f"Collapsed to the UNIFORM output since step {step}"
         detail = (f"mean per-sample entropy {curves.entropy[-1]:.2f} nats, near log K = "
                   f"{math.log(clusters):.2f}: every sample's assignment is nearly flat")
     else:
-        head = f"PARTIAL collapse since step {step}"
         detail = (f"the samples use only {curves.used[-1]} of K={clusters} clusters "
-                  f"({curves.effective[-1]:.2f} effective): the others stay empty")
+                  f"({curves.effective[-1]:.2f} effective): the others win no sample")
     cause = [e for e in curves.events if e["step"] < step]
     if cause:
         event = cause[-1]

@@ -130,14 +130,14 @@ def test_alarm_wording_names_the_collapse_its_start_and_the_change_before_it():
                         kl=[0.1] * 5, collapse=["healthy", "healthy", "healthy", "one-cluster", "one-cluster"],
                         events=[{"step": 6, "changes": {"normaliser": "none"}, "restart": False, "time": 1.0}])
     message = collapse_message(curves, 8)
-    assert message.startswith("Collapsed to ONE cluster (or a handful) since step 15 (2.1 s after "
+    assert message.startswith("One-cluster collapse since step 15 (2.1 s after "
                               "you switched normaliser to none at step 6)")
     assert "1.10 effective clusters of K=8 (the alarm is at ≤ 1.8)" in message
     curves.collapse[-2:] = ["partial", "partial"]
-    assert collapse_message(curves, 8).startswith("PARTIAL collapse since step 15")
+    assert collapse_message(curves, 8).startswith("Partial collapse since step 15")
     assert "use only 2 of K=8 clusters" in collapse_message(curves, 8)
     curves.collapse[-2:] = ["uniform", "uniform"]
-    assert collapse_message(curves, 8).startswith("Collapsed to the UNIFORM output since step 15")
+    assert collapse_message(curves, 8).startswith("Uniform collapse since step 15")
     curves.events[0]["time"] = None                        # a replay: steps, not seconds
     assert "(9 steps after the run switched normaliser to none at step 6)" in collapse_message(curves, 8)
     curves.collapse[-1] = "healthy"
@@ -158,7 +158,7 @@ def test_alarm_fires_on_a_real_one_cluster_collapse_and_clears_when_inverse_prio
             break
     assert run.collapse_state == "one-cluster", run.latest
     assert run.latest["effective_clusters"] <= one_cluster_threshold(20)
-    assert "Collapsed to ONE cluster (or a handful) since step" in run.collapse_message
+    assert "One-cluster collapse since step" in run.collapse_message
     assert "after you switched normaliser to none at step 2" in run.collapse_message
     collapsed_at = run.step_count
     run.set(normaliser="inverse-prior")

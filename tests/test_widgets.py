@@ -191,11 +191,11 @@ def test_alarm_shows_each_verdict_by_icon_and_words_not_colour_alone():
     dash.curves = LiveCurves(steps=[0, 5], times=[0.0, 1.0], effective=[7.0, 1.1], used=[8, 1],
                              entropy=[0.9, 0.1], kl=[0.1, 0.1], collapse=["healthy", "one-cluster"])
     dash.refresh()
-    assert "⚠ Collapsed to ONE cluster" in dash.alarm.value
+    assert "⚠ One-cluster collapse" in dash.alarm.value
     dash.curves.collapse[-1] = "partial"
     dash.refresh()
-    assert "◐ PARTIAL collapse since step 5" in dash.alarm.value
-    assert dash.collapse_message.startswith("PARTIAL collapse")
+    assert "◐ Partial collapse since step 5" in dash.alarm.value
+    assert dash.collapse_message.startswith("Partial collapse")
     assert describe_changes({"tau_teacher": 0.05, "lam": 0.5}) == "τ_t to 0.05 and λ to 0.5"
 
 
