@@ -23,7 +23,7 @@ from typing import Any
 
 from .checkpoint import read_metrics
 from .course import recordings_dir
-from .live import LiveCurves, Runner
+from .watch import LiveCurves, Runner
 
 REPLAYS = "replays"
 """The folder of :func:`klteach.course.recordings_dir` that holds the shipped recordings."""

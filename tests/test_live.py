@@ -12,6 +12,8 @@ import pytest
 
 from klteach.live import DATASET_DEFAULTS, LiveCurves, LiveRun, collapse_message, describe_changes
 from klteach.metrics import one_cluster_threshold
+from klteach.normalisers import NORMALISERS
+from klteach.replay import Replay, recordings
 from klteach.train import Trainer, TrainingError
 
 SMALL = dict(eval_batch=64, evaluate_every=0, batch_size=64)
@@ -182,3 +184,65 @@ def test_a_learned_partition_survives_switching_to_none():
     run.run(200)
     assert run.collapse_state == "healthy", run.latest
     assert run.latest["effective_clusters"] >= 0.7 * trained, (trained, run.latest)
+
+
+# ---------------------------------------------------------------- replays of recorded runs
+
+def test_replay_shows_the_recorded_collapse_and_rescue_without_training():
+    replay = Replay("digits-collapse-rescue")
+    assert replay.step_count == 0 and replay.curves.steps == [] and replay.clusters == 20
+    assert replay.settings["normaliser"] is None            # switched later: unknown until then
+    replay.run(100)
+    assert replay.step_count == 100 and replay.settings["normaliser"] == "none"
+    assert replay.collapse_state == "one-cluster"
+    assert replay.collapse_message.startswith("One-cluster collapse since step")
+    replay.run(500)
+    assert replay.finished and replay.step_count == replay.total_steps == 600
+    assert replay.settings["normaliser"] == "inverse-prior"
+    assert [(e["step"], e["changes"]) for e in replay.curves.events] == [(150, {"normaliser": "inverse-prior"})]
+    assert replay.collapse_state == "healthy" and replay.collapse_message == ""
+    assert replay.latest["effective_clusters"] > 10
+    assert len(replay.curves.sizes[0]) == len(replay.curves.sizes[1]) == 20
+    assert len(replay.curves.knn) == len(replay.curves.steps) == 60
+    replay.rewind()
+    assert replay.step_count == 0 and replay.curves.events == []
+
+
+def test_replay_plays_at_the_chosen_speed_and_pauses():
+    replay = Replay("digits-none", steps_per_second=400)
+    redraws = []
+    replay.on_refresh = redraws.append
+    started = time.monotonic()
+    replay.start()
+    assert wait_for(lambda: replay.step_count >= 200, 30)
+    replay.pause()
+    paused_at = replay.step_count
+    assert time.monotonic() - started >= 190 / 400            # paced: no faster than asked
+    time.sleep(0.2)
+    assert replay.step_count == paused_at < 600 and not replay.running
+    replay.speed = 5000
+    replay.start()
+    assert wait_for(lambda: replay.finished and not replay.running, 30)
+    assert redraws and redraws[-1] is True
+    replay.start()                                          # at the end, Play starts again
+    assert replay.running or replay.step_count < 600
+    replay.pause()
+
+
+def test_every_shipped_recording_replays_to_its_end():
+    names = recordings()
+    assert {f"digits-{n}" for n in NORMALISERS} | {"digits-collapse-rescue"} <= set(names)
+    for name in names:
+        replay = Replay(name)
+        replay.run(replay.total_steps)
+        assert replay.finished and all(len(sizes) == replay.clusters for sizes in replay.curves.sizes), name
+
+
+def test_bad_replays_are_refused_with_what_exists(tmp_path):
+    with pytest.raises(ValueError, match="digits-collapse-rescue"):
+        Replay("no-such-run")
+    with pytest.raises(ValueError, match="steps_per_second"):
+        Replay("digits-none", steps_per_second=0)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 5, "event": "set", "changes": {"lam": 0.5}, "restart": false}\n')
+    with pytest.raises(ValueError, match="no evaluation"):
+        Replay(tmp_path)
