@@ -142,6 +142,11 @@ class LiveRun(Runner):
     def settings(self) -> dict[str, Any]:
         return self.trainer.config.to_dict()
 
+    @property
+    def has_labels(self) -> bool:
+        """Does the dataset have labels (for kNN accuracy and NMI)?"""
+        return self.trainer.dataset.test_labels is not None
+
     # ---------------------------------------------------------------- changes
     def set(self, **changes: Any) -> dict[str, Any]:
         """Queue setting changes for the next step (see :meth:`Trainer.set`); a new dataset also

@@ -135,6 +135,8 @@ class Replay(Runner):
             self.curves = LiveCurves()
             switched = {name for switch in self.switches for name in switch["changes"]}
             self._settings = {k: (None if k in switched else v) for k, v in self.config.items()}
+            if "normaliser" in self.rows[0]:                 # every evaluation says which was used
+                self._settings["normaliser"] = self.rows[0]["normaliser"]
         self.error = None
         self.refresh()
 

@@ -10,7 +10,7 @@ import math
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +39,7 @@ class LiveCurves:
     nmi: list[float] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
 
-    def add_measurement(self, step: int, diagnostics: dict[str, Any], kl: float, time: float,
+    def add_measurement(self, step: int, diagnostics: Mapping[str, Any], kl: float, time: float,
                         sizes: tuple[Any, Any] | None = None) -> None:
         """Append one measurement: ``diagnostics`` as :func:`klteach.metrics.assignment_metrics`
         gives them; ``sizes`` the student's and the teacher's cluster sizes (eq. 8)."""
@@ -134,6 +134,16 @@ class Runner:
 
     @property
     def clusters(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The run's settings (:class:`klteach.config.TrainConfig` fields) at the step shown."""
+        raise NotImplementedError
+
+    @property
+    def has_labels(self) -> bool:
+        """Are there labels to score kNN accuracy and NMI against?"""
         raise NotImplementedError
 
     def _advance(self, paced: bool) -> bool:

@@ -191,7 +191,8 @@ def test_a_learned_partition_survives_switching_to_none():
 def test_replay_shows_the_recorded_collapse_and_rescue_without_training():
     replay = Replay("digits-collapse-rescue")
     assert replay.step_count == 0 and replay.curves.steps == [] and replay.clusters == 20
-    assert replay.settings["normaliser"] is None            # switched later: unknown until then
+    assert replay.settings["normaliser"] == "none"          # from the first evaluation row
+    assert replay.settings["lam"] == 1.0
     replay.run(100)
     assert replay.step_count == 100 and replay.settings["normaliser"] == "none"
     assert replay.collapse_state == "one-cluster"
@@ -243,6 +244,17 @@ def test_bad_replays_are_refused_with_what_exists(tmp_path):
         Replay("no-such-run")
     with pytest.raises(ValueError, match="steps_per_second"):
         Replay("digits-none", steps_per_second=0)
-    (tmp_path / "metrics.jsonl").write_text('{"step": 5, "event": "set", "changes": {"lam": 0.5}, "restart": false}\n')
+    rows = ('{"step": 5, "event": "set", "changes": {"lam": 0.5}, "restart": false}\n'
+            '{"step": 10, "effective_clusters": 3.0, "clusters_used": 3, "mean_entropy": 0.5, '
+            '"collapse": "healthy", "kl_teacher_student": 0.1}\n')
+    (tmp_path / "metrics.jsonl").write_text(rows.splitlines()[0] + "\n")
     with pytest.raises(ValueError, match="no evaluation"):
         Replay(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text(rows)
+    with pytest.raises(ValueError, match="K is unknown"):
+        Replay(tmp_path)                                  # no config.json, no cluster sizes
+    (tmp_path / "config.json").write_text('{"clusters": 4, "lam": 1.0}')
+    replay = Replay(tmp_path)
+    assert replay.settings["lam"] is None                 # switched at step 5: unknown before
+    replay.run(10)
+    assert replay.settings["lam"] == 0.5 and replay.curves.steps == [10]

@@ -182,6 +182,30 @@ def test_bad_dashboard_arguments_are_refused():
         small_dashboard().run(-1)
 
 
+def test_replay_dashboard_plays_a_recording_with_its_switches_and_alarm():
+    dash = TrainingDashboard.replay("digits-collapse-rescue", steps_per_second=100)
+    assert dash.replaying and dash.trainer is None
+    assert [b.description for b in dash.buttons.values()] == ["Play", "Pause", "Rewind"]
+    assert "replay of digits-collapse-rescue · step 0 of 600" in dash.status.value
+    dash.controls["speed"].value = 400                    # the speed slider, as a drag does
+    assert dash.live.speed == 400
+    dash.run(100)
+    assert len(dash.panels["collapse"].data[0].x) == 10
+    assert "⚠ One-cluster collapse since step" in dash.alarm.value
+    assert "normaliser=none" in dash.status.value
+    dash.run(500)
+    markers = [a.text for a in dash.figure.layout.annotations if a.name == "collapse"]
+    assert "normaliser=inverse-prior" in markers          # the recorded switch, marked at step 150
+    assert "✓ No collapse" in dash.alarm.value and "Ended" in dash.status.value
+    assert len(dash.panels["cluster_sizes"].data[0].y) == 20 and len(dash.panels["quality"].data[0].x) == 60
+    assert "not recorded" in " ".join(a.text for a in dash.figure.layout.annotations if a.text)
+    with pytest.raises(TypeError, match="recorded"):
+        dash.set(normaliser="none")
+    dash.buttons["reset"].click()                         # Rewind
+    assert dash.live.step_count == 0 and len(dash.panels["collapse"].data[0].x) == 0
+    assert repr(dash).startswith("replay of digits-collapse-rescue: step 0")
+
+
 # ---------------------------------------------------------------- the collapse alarm
 
 def test_alarm_shows_each_verdict_by_icon_and_words_not_colour_alone():
