@@ -38,7 +38,7 @@ import torch
 
 from . import data as data_lib
 from .checkpoint import write_json_atomic
-from .config import TrainConfig, resolve_device
+from .config import Device, TrainConfig, resolve_device
 from .models import ClusteringModel, count_parameters
 from .normalisers import make_normaliser
 from .train import Trainer
@@ -405,7 +405,7 @@ FORWARDS_PER_IMAGE = 8
 forward + backward of about 2 forwards); ``tests/test_bench.py`` checks it with FLOP counts."""
 
 
-def default_config(device: str = "auto") -> TrainConfig:
+def default_config(device: Device = "auto") -> TrainConfig:
     """The configuration ``python -m klteach bench`` times on ``device`` (``auto``, ``cpu`` or
     ``cuda``). On a GPU: ResNet-18 at batch 512 on the full CIFAR-10, chapter 5's setting. On a
     CPU: the small CNN on the shipped sample, about a minute in all on two idle cores (one

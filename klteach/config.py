@@ -378,5 +378,5 @@ def same_dataset(saved: str, current: str) -> bool:
 __all__ = ["TrainConfig", "SettingInfo", "setting_info", "settings_of_kind", "setting_names",
            "neutral_settings", "convert", "describe_allowed", "with_changes", "config_from_dict",
            "resume_conflicts", "dataset_location", "is_folder_path", "NormaliserName", "PriorMode",
-           "Architecture", "Precision", "Kind", "KINDS", "validate_config", "resolve_device",
+           "Architecture", "Device", "Precision", "LrSchedule", "Kind", "KINDS", "validate_config", "resolve_device",
            "check_batch_size", "same_dataset"]
