@@ -49,6 +49,7 @@ def _add_train_flags(parser: argparse.ArgumentParser, defaults: TrainConfig) -> 
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--arch", default=defaults.arch, help="auto, mlp, cnn or resnet18")
     parser.add_argument("--dim", type=int, default=defaults.dim, help="embedding dimension")
+    parser.add_argument("--width", type=int, default=defaults.width, help="channels of the small CNN's first stage")
     parser.add_argument("--fixed-prototypes", action="store_true", help="do not learn the weight vectors")
     parser.add_argument("--centred-prototypes", action="store_true", help="centre the weight vectors (eq. 20)")
     parser.add_argument("--student-batchnorm", action="store_true",

@@ -93,6 +93,8 @@ class TrainConfig:
     out: str | None = None
     arch: str = "auto"
     dim: int = 64
+    width: int = 32
+    """Channels of the small CNN's first stage (``arch='cnn'`` only; 16 is four times cheaper)."""
     learnable_prototypes: bool = True
     centred_prototypes: bool = False
     student_batchnorm: bool = False
@@ -117,6 +119,7 @@ def validate_config(config: TrainConfig) -> TrainConfig:
     _check_int(config.clusters, "clusters (K)", minimum=2)
     _check_int(config.steps, "steps", minimum=0)
     _check_int(config.batch_size, "batch_size", minimum=2)
+    _check_int(config.width, "width", minimum=1)
     _check_int(config.eval_every, "eval_every", minimum=0)
     _check_int(config.copy_every, "copy_every", minimum=0)
     _check_int(config.prior_every, "prior_every", minimum=0)
@@ -222,7 +225,7 @@ class Trainer:
             arch = "resnet18"
         small_input = self.dataset.kind == "vectors" or self.dataset.train.shape[-1] < 16
         self.student = build_model(arch, tuple(self.dataset.train.shape[1:]), cfg.clusters,
-                                   dim=cfg.dim, hidden=256 if small_input else 512,
+                                   dim=cfg.dim, hidden=256 if small_input else 512, width=cfg.width,
                                    learnable_prototypes=cfg.learnable_prototypes,
                                    centred_prototypes=cfg.centred_prototypes).to(self.device, torch.float32)
         if self.device.type == "cuda" and self.dataset.kind == "images":
