@@ -28,6 +28,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -76,6 +77,20 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def git_commit() -> str | None:
+    """The commit of the klteach checkout (``+dirty`` when tracked files were modified), or None
+    outside a git checkout: which code produced a recorded figure."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def device_name(device: torch.device) -> str:
     """``torch.cuda.get_device_name`` for a GPU; CPU model and core count for a CPU."""
     if device.type == "cuda":
@@ -90,6 +105,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(), "platform": platform.platform(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "nproc": usable_cores(), "cpu": cpu_model(), "torch_threads": torch.get_num_threads(),
+        "git_commit": git_commit(),
     }
     if hasattr(os, "getloadavg"):
         info["load_average_1min"] = round(os.getloadavg()[0], 2)
@@ -549,6 +565,6 @@ def run_benchmark(config: TrainConfig, *, bench_steps: int | None = None, warmup
 __all__ = ["run_benchmark", "default_config", "benchmark", "measure_throughput", "measure_full_prior",
            "compare_with_plain_loop", "PlainLoop", "model_flops_utilisation", "measure_matmul_tflops",
            "datasheet_tflops", "estimate_step_seconds", "default_threads", "forward_flops_per_image",
-           "step_flops_per_image", "timed_steps", "synchronize", "reset_peak_memory", "peak_memory_bytes",
+           "step_flops_per_image", "git_commit", "timed_steps", "synchronize", "reset_peak_memory", "peak_memory_bytes",
            "current_memory_bytes", "device_name", "environment", "format_report", "busy_note",
            "CIFAR10_TRAIN_IMAGES", "VIEWS_PER_IMAGE"]
