@@ -251,7 +251,7 @@ def test_course_command_writes_both_editions_and_refuses_to_overwrite_work(tmp_p
     assert done.returncode == 0, done.stderr
     names = sorted(p.name for p in student.iterdir())
     assert names == sorted(p.name for p in course_files() if p.name not in coursework.INSTRUCTOR_FILES), names
-    assert "LECTURER.md" in {p.name for p in course_files()} and "LECTURER.md" not in names   # the guide is the lecturer's
+    assert "LECTURER.md" in {p.name for p in course_files()} and "LECTURER.md" not in names   # the lecturer's only
     assert "raise NotImplementedError()" in (student / "01-mixture-model.ipynb").read_text()
     assert course_command(str(student)).returncode == 0           # unchanged files: nothing to refuse
 
