@@ -65,6 +65,7 @@ def test_figure_png_draws_the_figure_at_its_size(can_draw):
     png = static.figure_png(RED_BARS)
     assert Image.open(io.BytesIO(png)).size == (static.DEFAULT_WIDTH, 300)    # layout height, default width
     assert red_share(png) > 0.05                                  # the bars really are drawn
+    assert static.figure_png(RED_BARS) == png                     # redrawing changes no byte of a notebook
     assert red_share(static.figure_png({"data": [], "layout": {"height": 300}})) == 0
     assert Image.open(io.BytesIO(static.figure_png(RED_BARS, width=320, height=200))).size == (320, 200)
 
