@@ -1,10 +1,31 @@
-"""Figures in live widgets that redraw themselves: shared by the dashboard and the explorers.
+"""Figures in live widgets that redraw themselves, and their static copies: shared by the
+dashboard and the explorers.
 
 :class:`FigureSlots` holds each plotly ``FigureWidget`` in a box, paces its updates on the
 browser's acknowledgements and replaces a figure whose browser view stayed blank.
+
+:class:`StaticCopy` displays a widget together with static copies of its figure, for the places
+where widgets cannot render. One output carries several representations and each front end
+picks the one it can show (measured in ``tests/browser``; see the README's "Live widgets"):
+
+==============================================  =============================================
+front end                                       shows
+==============================================  =============================================
+JupyterLab, Notebook 7, with a running kernel   the live widget
+JupyterLab, Notebook 7, a saved notebook        the plotly figure (widgets render only from
+opened without running it (not trusted)         trusted outputs; the figure is safe to draw)
+nbconvert HTML, nbviewer, GitHub                the PNG (drawn only when chapters are recorded,
+                                                ``KLTEACH_RECORD=1``), else the one-line text
+the course site (``python -m klteach site``)    the plotly figure, interactive
+==============================================  =============================================
+
+The output has a display id: after each synchronous run the copies are brought up to date,
+unless a browser shows the live widget (updating the output would make it draw the widget anew).
 """
 from __future__ import annotations
 
+import base64
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -12,6 +33,10 @@ from typing import Any
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
+import plotly.io as pio
+from IPython.display import DisplayHandle, display
+
+from . import static
 
 RENDER_CHECKS_S = (6.0, 15.0, 30.0)
 """Seconds after display at which :class:`FigureSlots` looks for figures left blank."""
@@ -29,14 +54,16 @@ class FigureSlots:
     machine the first figures of a page can miss it and stay blank for good, while a later copy
     loads from the browser's warm compile cache and draws.
 
-    A browser view that drew a figure confirms the edits it was sent; plotly's public
-    ``FigureWidget.on_edits_completed`` calls us back then. A figure that never confirmed, in
-    a page that is alive (the ``sentinel`` widget displayed beside it has a view), is replaced,
-    one figure per check, at most twice. Headless runs (no views) are left alone.
+    A view that drew a figure reports the traces it drew back to the kernel; a figure whose
+    views never reported a trace, in a page that is alive (the ``sentinel`` widget displayed
+    beside it has a view), is replaced, one figure per check, at most twice. Headless runs (no
+    views) are left alone.
 
-    The same confirmations pace the updates (:meth:`ready`, :meth:`sent`): a figure is sent its
-    next update only once the browser has drawn the previous one (or ``ACK_TIMEOUT_S`` passed),
-    so a slow browser never builds a backlog and the plots never lag behind the training.
+    The browser also confirms each update it has drawn (plotly's public
+    ``FigureWidget.on_edits_completed`` calls back then), which paces the updates
+    (:meth:`ready`, :meth:`sent`): while a page shows the figure, it is sent its next update only
+    once the browser has drawn the previous one (or ``ACK_TIMEOUT_S`` passed), so a slow browser
+    never builds a backlog and the plots never lag behind the training.
     """
 
     def __init__(self, figures: dict[str, go.FigureWidget], lock: threading.Lock,
@@ -54,7 +81,6 @@ class FigureSlots:
         self._waiting: set[int] = set()
         self._sent_at: dict[int, float] = {}
         self._repairs: dict[str, int] = {}
-        self._probes = 0
         self._watching = False
         for name, fig in figures.items():
             self.put(name, fig)
@@ -65,11 +91,10 @@ class FigureSlots:
 
     def put(self, name: str, fig: go.FigureWidget) -> None:
         """Show ``fig`` as figure ``name`` (replacing the one shown before)."""
-        # An edit for the browser to confirm once it has drawn the figure (a fresh copy has none
-        # pending); `datarevision` is plotly's own "the data changed" marker and draws nothing.
-        self._probes += 1
-        fig.layout.datarevision = self._probes
-        self._await_drawing(fig)
+        # What the view drew is reported only in this message of plotly's widget protocol (no public
+        # API says it): an empty report means the view missed the figure's data and stayed blank.
+        key = id(fig)
+        fig.observe(lambda change: self._reported(key, change), names="_js2py_traceDeltas")
         self.figures[name] = fig
         if self._on_put is not None:
             self._on_put(name, fig)
@@ -81,15 +106,11 @@ class FigureSlots:
         if key in self._waiting:
             return
         self._waiting.add(key)
-        registering = [True]
+        fig.on_edits_completed(lambda: self._waiting.discard(key))
 
-        def drawn() -> None:
-            self._waiting.discard(key)
-            if not registering[0]:          # called back by the browser, not at once for want of edits
-                self._rendered.add(key)
-
-        fig.on_edits_completed(drawn)
-        registering[0] = False
+    def _reported(self, key: int, change: dict) -> None:
+        if change["new"] and change["new"].get("trace_deltas"):
+            self._rendered.add(key)
 
     def ready(self, name: str) -> bool:
         """May figure ``name`` be sent an update now? Yes unless a page shows it and has not yet
@@ -133,4 +154,37 @@ class FigureSlots:
                         self.put(name, go.FigureWidget(self.figures[name]))
 
 
-__all__ = ["FigureSlots", "RENDER_CHECKS_S", "ACK_TIMEOUT_S"]
+class StaticCopy:
+    """Displays ``widget`` with static copies of the figure ``figure()`` returns and the text
+    ``describe()`` returns (instead of ``VBox(children=...)``), and keeps them up to date."""
+
+    def __init__(self, widget: widgets.Widget, figure: Callable[[], go.Figure], describe: Callable[[], str],
+                 slots: FigureSlots) -> None:
+        self.widget, self.figure, self.describe, self.slots = widget, figure, describe, slots
+        self.handle: DisplayHandle | None = None
+
+    def bundle(self) -> dict[str, Any]:
+        """The representations of one output: the widget, the figure's JSON, a PNG when chapters
+        are recorded (:func:`klteach.static.recording`), and one line of text."""
+        fig = go.Figure(self.figure())
+        data: dict[str, Any] = {static.WIDGET_MIME: self.widget._repr_mimebundle_()[static.WIDGET_MIME],
+                                static.PLOTLY_MIME: json.loads(pio.to_json(fig, validate=False)),
+                                "text/plain": self.describe()}
+        if static.recording():
+            png = static.figure_png(fig)
+            if png is not None:
+                data["image/png"] = base64.b64encode(png).decode("ascii")
+        return data
+
+    def show(self) -> None:
+        """Display it (as the output of the current cell), with a display id to update it by."""
+        self.slots.watch()
+        self.handle = display(self.bundle(), raw=True, display_id=True)
+
+    def update(self) -> None:
+        """Bring the static copies up to date, unless a browser shows the live widget."""
+        if self.handle is not None and not self.slots.alive():
+            self.handle.update(self.bundle(), raw=True)
+
+
+__all__ = ["FigureSlots", "StaticCopy", "RENDER_CHECKS_S", "ACK_TIMEOUT_S"]

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from . import metrics, theory
 from .data import make_toy_sphere
-from .display import FigureSlots
+from .display import FigureSlots, StaticCopy
 from .plots import explorers as figures
 
 
@@ -45,6 +45,7 @@ class Explorer(widgets.VBox):
         for control in controls.values():
             control.observe(lambda _change: self.redraw(), names="value")
         self.redraw()
+        self.static = StaticCopy(self, lambda: self.figure, lambda: self._summary_text, self.slots)
 
     @property
     def figure(self) -> go.FigureWidget:
@@ -56,11 +57,15 @@ class Explorer(widgets.VBox):
 
     def redraw(self) -> None:
         with self._lock, self.figure.batch_update():
-            self.summary.value = self._draw(self)
+            self._summary_text = self._draw(self)
+            self.summary.value = self._summary_text
+        if hasattr(self, "static"):
+            self.static.update()
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict | None:
-        self.slots.watch()
-        return super()._repr_mimebundle_(**kwargs)
+    def _ipython_display_(self) -> None:
+        """Shown as the live widget, with static copies for front ends without widgets
+        (:class:`klteach.display.StaticCopy`)."""
+        self.static.show()
 
 
 def _slider_style() -> dict[str, Any]:

@@ -17,31 +17,23 @@ import math
 import threading
 from collections.abc import Callable
 from html import escape
+from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
 import plotly.graph_objects as go
 
 from . import plots
-from .display import FigureSlots
+from .controls import CONTROLLED, DATASET_CHOICES, LOOKS, control_for, speed_control, widen
+from .display import FigureSlots, StaticCopy
 from .explorers import Explorer, jensen_gap_explorer, posterior_explorer, prior_lambda_explorer
 from .live import DATASET_DEFAULTS, MONITOR_DEFAULTS, LiveCurves, LiveRun, Runner, describe_changes
-from .normalisers import NORMALISERS
-
-DATASET_CHOICES = (("toy sphere (3-D)", "toy"), ("digits (8×8)", "digits"),
-                   ("CIFAR-10 sample", "cifar10-sample"))
-"""The dashboard's dataset menu: (label, ``load_dataset`` name)."""
+from .replay import Replay
 
 EMBEDDING_POINTS = 300
 """Most points drawn in the embedding view."""
 EMBEDDING_EVERY = 3
 """While training, the embedding view (the costliest to draw) follows every third redraw."""
-
-CONTROLLED = ("dataset", "normaliser", "clusters", "tau_student", "tau_teacher", "lam", "momentum")
-"""Settings with a control in the dashboard."""
-
-LOOKS = (("normal", "normal"), ("lecture", "lecture"), ("dark lecture", "dark"))
-"""The dashboard's look toggle: (label, value); see :mod:`klteach.plots.look`."""
 
 ALARM_ICONS = {"healthy": "✓", "partial": "◐", "one-cluster": "⚠", "uniform": "⚠"}
 """Each verdict has its own icon and words, so the alarm never relies on colour alone."""
@@ -59,6 +51,8 @@ class TrainingDashboard:
     Changes (controls or :meth:`set`) go through :meth:`Trainer.set`: live settings
     (:data:`~klteach.train.LIVE_SETTINGS`) act at the next step without a restart; K and the
     dataset (:data:`~klteach.train.RESTART_SETTINGS`) restart the run.
+
+    ``TrainingDashboard.replay(run)`` shows a recorded run instead, with no training (:meth:`replay`).
     """
 
     def __init__(self, dataset: str = "toy", normaliser: str = "inverse-prior",
@@ -68,6 +62,19 @@ class TrainingDashboard:
         run = LiveRun(dataset, normaliser, clusters, eval_batch=eval_batch, monitor_every=monitor_every,
                       evaluate_every=evaluate_every, refresh_per_second=refresh_per_second, **config)
         self._show(run)
+
+    @classmethod
+    def replay(cls, run: str | Path, steps_per_second: float = 50.0,
+               refresh_per_second: float = 4.0) -> TrainingDashboard:
+        """A dashboard that plays a recorded run (:class:`klteach.replay.Replay`) at lecture pace:
+        ``run`` is a run folder (``train --out DIR``) or a shipped recording
+        (:func:`klteach.replay.recordings`, e.g. ``"digits-collapse-rescue"``). Play / Pause /
+        Rewind and a speed slider drive it; ``dash.run(steps)`` jumps ahead from code. The
+        figures, the switches and the collapse alarm are those of the recording; embeddings are
+        not recorded."""
+        dash = cls.__new__(cls)
+        dash._show(Replay(run, steps_per_second, refresh_per_second))
+        return dash
 
     def _show(self, run: Runner) -> None:
         """Build the widgets around ``run`` and draw it."""
@@ -83,8 +90,13 @@ class TrainingDashboard:
     # ---------------------------------------------------------------- the run, as the chapters use it
     @property
     def trainer(self) -> Any:
-        """The :class:`~klteach.train.Trainer` being trained."""
+        """The :class:`~klteach.train.Trainer` being trained (None in a replay)."""
         return getattr(self.live, "trainer", None)
+
+    @property
+    def replaying(self) -> bool:
+        """True when this dashboard plays a recording (:meth:`replay`)."""
+        return isinstance(self.live, Replay)
 
     @property
     def curves(self) -> LiveCurves:
@@ -143,39 +155,61 @@ class TrainingDashboard:
         self._show_status()
 
     def reset(self) -> None:
-        """Stop, and start a fresh run (step 0, new model) with the controls' settings."""
-        run = self._live_run()
+        """Stop, and start a fresh run (step 0, new model) with the controls' settings; a replay
+        goes back to its start."""
+        if isinstance(self.live, Replay):
+            self.live.rewind()
+            return
         pending = {name: control.value for name, control in self.controls.items()}
-        run.reset(**pending)
+        self._live_run().reset(**pending)
 
     def run(self, steps: int) -> None:
         """Take ``steps`` steps now, in this thread (deterministic; for code and nbval), then
         redraw. Stops a background run first. Errors are shown in the status line and raised."""
-        self.live.run(steps)
+        try:
+            self.live.run(steps)
+        finally:
+            self.static.update()
 
     def _live_run(self) -> LiveRun:
         if not isinstance(self.live, LiveRun):
-            raise TypeError("this dashboard replays a recording: it has no settings to change")
+            raise TypeError("this dashboard replays a recording: its settings are the recorded ones")
         return self.live
 
-    # ---------------------------------------------------------------- widgets
+    # ---------------------------------------------------------------- display
     @property
     def widget(self) -> widgets.Widget:
         """The dashboard as one ipywidgets box."""
         self.slots.watch()
         return self._root
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> dict | None:
-        self.slots.watch()
-        return self._root._repr_mimebundle_(**kwargs)
+    def _ipython_display_(self) -> None:
+        """Shown as the live widget, with static copies for front ends without widgets
+        (:class:`klteach.display.StaticCopy`)."""
+        self.static.show()
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict:
+        return self.static.bundle()
+
+    def __repr__(self) -> str:
+        return self._describe()
+
+    def _describe(self) -> str:
+        """The dashboard in one line of text (what a front end without widgets or images shows)."""
+        run, latest = self.live, self.latest
+        verdict = f", {self.collapse_state}" if latest else ""
+        what = f"replay of {run.name}" if isinstance(run, Replay) else "TrainingDashboard"
+        return (f"{what}: step {run.step_count}, {self._settings_text()}{verdict} "
+                "(a live widget: run the notebook in JupyterLab to use it)")
 
     def _build_widgets(self) -> None:
         self.controls = self._make_controls()
         for name, control in self.controls.items():
             control.observe(self._control_changed(name), names="value")
-        self.buttons = {name: widgets.Button(description=name.capitalize(), icon=icon,
-                                             layout=widgets.Layout(width="100px"))
-                        for name, icon in (("start", "play"), ("pause", "pause"), ("reset", "refresh"))}
+        names = ("Play", "Pause", "Rewind") if self.replaying else ("Start", "Pause", "Reset")
+        self.buttons = {key: widgets.Button(description=name, icon=icon, layout=widgets.Layout(width="100px"))
+                        for key, name, icon in zip(("start", "pause", "reset"), names,
+                                                   ("play", "pause", "backward" if self.replaying else "refresh"))}
         self.buttons["start"].button_style = "success"
         self.buttons["start"].on_click(lambda _: self._safely(self.start))
         self.buttons["pause"].on_click(lambda _: self._safely(self.pause))
@@ -194,32 +228,18 @@ class TrainingDashboard:
                                    self.slots.box("dashboard")])
         self._root.add_class("klteach-dashboard")
         self._new_figure()
+        self.static = StaticCopy(self._root, lambda: self.figure, self._describe, self.slots)
 
     def _make_controls(self) -> dict[str, widgets.ValueWidget]:
-        cfg = self.trainer.config
-        wide = dict(style={"description_width": "initial"}, layout=widgets.Layout(width="300px"))
-        return {
-            "dataset": widgets.Dropdown(options=DATASET_CHOICES, value=cfg.dataset,
-                                        description="dataset", **wide),
-            "normaliser": widgets.Dropdown(options=NORMALISERS, value=cfg.normaliser,
-                                           description="normaliser", **wide),
-            "clusters": widgets.IntSlider(value=cfg.clusters, min=2, max=max(64, cfg.clusters),
-                                          description="K (restarts)", continuous_update=False, **wide),
-            "tau_student": widgets.FloatLogSlider(value=cfg.tau_student, base=10, min=-2, max=0,
-                                                  step=0.05, description="τ student",
-                                                  readout_format=".3f", continuous_update=False, **wide),
-            "tau_teacher": widgets.FloatLogSlider(value=cfg.tau_teacher, base=10, min=-2, max=0,
-                                                  step=0.05, description="τ teacher",
-                                                  readout_format=".3f", continuous_update=False, **wide),
-            "lam": widgets.FloatSlider(value=cfg.lam, min=0, max=2, step=0.05, description="λ (eq. 14)",
-                                       continuous_update=False, **wide),
-            "momentum": widgets.FloatSlider(value=cfg.momentum, min=0, max=0.999, step=0.001,
-                                            readout_format=".3f", description="EMA momentum",
-                                            continuous_update=False, **wide),
-        }
+        if isinstance(self.live, Replay):
+            return {"speed": speed_control(self.live.speed)}
+        values = self.trainer.config
+        return {name: control_for(name, getattr(values, name)) for name in CONTROLLED}
 
     def _control_rows(self) -> list[widgets.Widget]:
         c = self.controls
+        if self.replaying:
+            return [widgets.HBox([c["speed"], *self.buttons.values()]), self.look]
         return [widgets.HBox([c["dataset"], c["normaliser"], c["clusters"]]),
                 widgets.HBox([c["tau_student"], c["tau_teacher"], c["lam"]]),
                 widgets.HBox([c["momentum"], *self.buttons.values()]),
@@ -245,15 +265,15 @@ class TrainingDashboard:
     def _new_figure(self) -> None:
         """One FigureWidget with the five panels (rebuilt when the view or the look changes)."""
         self._three_d = self._embedding_dim() == 3
-        fig, panels = plots.dashboard_figure(self._three_d, self._has_labels(), look=self._figure_look())
+        fig, panels = plots.dashboard_figure(
+            self._three_d, self.live.has_labels, look=self._figure_look(),
+            embedding_title="Embeddings are not recorded: a replay shows what the run measured"
+            if self.replaying else None)
         self.panels = panels
         self.slots.put("dashboard", go.FigureWidget(fig))
 
     def _embedding_dim(self) -> int:
-        return int(self.trainer.config.dim)
-
-    def _has_labels(self) -> bool:
-        return self.trainer.dataset.test_labels is not None
+        return int(self.live.settings.get("dim") or 0)
 
     @property
     def figure(self) -> go.FigureWidget:
@@ -265,7 +285,10 @@ class TrainingDashboard:
         def handler(change: dict) -> None:
             if self._syncing:
                 return
-            self._safely(lambda: self.set(**{name: change["new"]}))
+            if isinstance(self.live, Replay):
+                self._safely(lambda: setattr(self.live, "speed", change["new"]))
+            else:
+                self._safely(lambda: self.set(**{name: change["new"]}))
         return handler
 
     def _sync_controls(self, changes: dict[str, Any]) -> None:
@@ -276,8 +299,7 @@ class TrainingDashboard:
                 control = self.controls.get(name)
                 if control is None:
                     continue
-                if name == "clusters" and value > control.max:
-                    control.max = value
+                widen(control, value)
                 control.value = value
         finally:
             self._syncing = False
@@ -329,14 +351,29 @@ class TrainingDashboard:
         if self._refused:
             self.status.value = f"<div style='color:#b00020'>⛔ <b>Refused:</b> {escape(self._refused)}</div>"
             return
-        cfg = self.trainer.config
-        state = "Running" if run.running else "Paused"
-        rate = f" · {run.steps_per_second:.1f} steps/s" if run.running else ""
-        self.status.value = (
-            f"<div><b>{state}</b> · step {run.step_count}{rate} · {escape(cfg.dataset)} · "
-            f"<span class='klteach-normaliser'>normaliser={escape(cfg.normaliser)}</span> · "
-            f"τ<sub>s</sub>={cfg.tau_student:.3g} · τ<sub>t</sub>={cfg.tau_teacher:.3g} · "
-            f"λ={cfg.lam:.3g} · momentum={cfg.momentum:.3g} · K={cfg.clusters}</div>")
+        if isinstance(run, Replay):
+            state = "Playing" if run.running else ("Ended" if run.finished else "Paused")
+            where = f"<b>{state}</b> · replay of {escape(run.name)} · step {run.step_count} of {run.total_steps}"
+        else:
+            state = "Running" if run.running else "Paused"
+            rate = f" · {run.steps_per_second:.1f} steps/s" if run.running else ""
+            where = f"<b>{state}</b> · step {run.step_count}{rate}"
+        self.status.value = f"<div>{where} · {self._settings_html()}</div>"
+
+    def _setting(self, name: str, digits: str = ".3g") -> str:
+        """A setting as shown: ``?`` where a replay does not know it yet."""
+        value = self.live.settings.get(name)
+        return "?" if value is None else format(value, digits) if isinstance(value, float) else str(value)
+
+    def _settings_html(self) -> str:
+        s = self._setting
+        return (f"{escape(s('dataset'))} · <span class='klteach-normaliser'>normaliser={escape(s('normaliser'))}"
+                f"</span> · τ<sub>s</sub>={s('tau_student')} · τ<sub>t</sub>={s('tau_teacher')} · "
+                f"λ={s('lam')} · momentum={s('momentum')} · K={s('clusters')}")
+
+    def _settings_text(self) -> str:
+        s = self._setting
+        return f"{s('dataset')}, normaliser={s('normaliser')}, K={s('clusters')}"
 
     def _alarm_html(self) -> str:
         state, latest, k = self.collapse_state, self.latest, self.live.clusters

@@ -12,6 +12,8 @@ import pytest
 
 from klteach.live import DATASET_DEFAULTS, LiveCurves, LiveRun, collapse_message, describe_changes
 from klteach.metrics import one_cluster_threshold
+from klteach.normalisers import NORMALISERS
+from klteach.replay import Replay, recordings
 from klteach.train import Trainer, TrainingError
 
 SMALL = dict(eval_batch=64, evaluate_every=0, batch_size=64)
@@ -130,14 +132,14 @@ def test_alarm_wording_names_the_collapse_its_start_and_the_change_before_it():
                         kl=[0.1] * 5, collapse=["healthy", "healthy", "healthy", "one-cluster", "one-cluster"],
                         events=[{"step": 6, "changes": {"normaliser": "none"}, "restart": False, "time": 1.0}])
     message = collapse_message(curves, 8)
-    assert message.startswith("Collapsed to ONE cluster (or a handful) since step 15 (2.1 s after "
+    assert message.startswith("One-cluster collapse since step 15 (2.1 s after "
                               "you switched normaliser to none at step 6)")
     assert "1.10 effective clusters of K=8 (the alarm is at ≤ 1.8)" in message
     curves.collapse[-2:] = ["partial", "partial"]
-    assert collapse_message(curves, 8).startswith("PARTIAL collapse since step 15")
+    assert collapse_message(curves, 8).startswith("Partial collapse since step 15")
     assert "use only 2 of K=8 clusters" in collapse_message(curves, 8)
     curves.collapse[-2:] = ["uniform", "uniform"]
-    assert collapse_message(curves, 8).startswith("Collapsed to the UNIFORM output since step 15")
+    assert collapse_message(curves, 8).startswith("Uniform collapse since step 15")
     curves.events[0]["time"] = None                        # a replay: steps, not seconds
     assert "(9 steps after the run switched normaliser to none at step 6)" in collapse_message(curves, 8)
     curves.collapse[-1] = "healthy"
@@ -158,7 +160,7 @@ def test_alarm_fires_on_a_real_one_cluster_collapse_and_clears_when_inverse_prio
             break
     assert run.collapse_state == "one-cluster", run.latest
     assert run.latest["effective_clusters"] <= one_cluster_threshold(20)
-    assert "Collapsed to ONE cluster (or a handful) since step" in run.collapse_message
+    assert "One-cluster collapse since step" in run.collapse_message
     assert "after you switched normaliser to none at step 2" in run.collapse_message
     collapsed_at = run.step_count
     run.set(normaliser="inverse-prior")
@@ -182,3 +184,77 @@ def test_a_learned_partition_survives_switching_to_none():
     run.run(200)
     assert run.collapse_state == "healthy", run.latest
     assert run.latest["effective_clusters"] >= 0.7 * trained, (trained, run.latest)
+
+
+# ---------------------------------------------------------------- replays of recorded runs
+
+def test_replay_shows_the_recorded_collapse_and_rescue_without_training():
+    replay = Replay("digits-collapse-rescue")
+    assert replay.step_count == 0 and replay.curves.steps == [] and replay.clusters == 20
+    assert replay.settings["normaliser"] == "none"          # from the first evaluation row
+    assert replay.settings["lam"] == 1.0
+    replay.run(100)
+    assert replay.step_count == 100 and replay.settings["normaliser"] == "none"
+    assert replay.collapse_state == "one-cluster"
+    assert replay.collapse_message.startswith("One-cluster collapse since step")
+    replay.run(500)
+    assert replay.finished and replay.step_count == replay.total_steps == 600
+    assert replay.settings["normaliser"] == "inverse-prior"
+    assert [(e["step"], e["changes"]) for e in replay.curves.events] == [(150, {"normaliser": "inverse-prior"})]
+    assert replay.collapse_state == "healthy" and replay.collapse_message == ""
+    assert replay.latest["effective_clusters"] > 10
+    assert len(replay.curves.sizes[0]) == len(replay.curves.sizes[1]) == 20
+    assert len(replay.curves.knn) == len(replay.curves.steps) == 60
+    replay.rewind()
+    assert replay.step_count == 0 and replay.curves.events == []
+
+
+def test_replay_plays_at_the_chosen_speed_and_pauses():
+    replay = Replay("digits-none", steps_per_second=400)
+    redraws = []
+    replay.on_refresh = redraws.append
+    started = time.monotonic()
+    replay.start()
+    assert wait_for(lambda: replay.step_count >= 200, 30)
+    replay.pause()
+    paused_at = replay.step_count
+    assert time.monotonic() - started >= 190 / 400            # paced: no faster than asked
+    time.sleep(0.2)
+    assert replay.step_count == paused_at < 600 and not replay.running
+    replay.speed = 5000
+    replay.start()
+    assert wait_for(lambda: replay.finished and not replay.running, 30)
+    assert redraws and redraws[-1] is True
+    replay.start()                                          # at the end, Play starts again
+    assert replay.running or replay.step_count < 600
+    replay.pause()
+
+
+def test_every_shipped_recording_replays_to_its_end():
+    names = recordings()
+    assert {f"digits-{n}" for n in NORMALISERS} | {"digits-collapse-rescue"} <= set(names)
+    for name in names:
+        replay = Replay(name)
+        replay.run(replay.total_steps)
+        assert replay.finished and all(len(sizes) == replay.clusters for sizes in replay.curves.sizes), name
+
+
+def test_bad_replays_are_refused_with_what_exists(tmp_path):
+    with pytest.raises(ValueError, match="digits-collapse-rescue"):
+        Replay("no-such-run")
+    with pytest.raises(ValueError, match="steps_per_second"):
+        Replay("digits-none", steps_per_second=0)
+    rows = ('{"step": 5, "event": "set", "changes": {"lam": 0.5}, "restart": false}\n'
+            '{"step": 10, "effective_clusters": 3.0, "clusters_used": 3, "mean_entropy": 0.5, '
+            '"collapse": "healthy", "kl_teacher_student": 0.1}\n')
+    (tmp_path / "metrics.jsonl").write_text(rows.splitlines()[0] + "\n")
+    with pytest.raises(ValueError, match="no evaluation"):
+        Replay(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text(rows)
+    with pytest.raises(ValueError, match="K is unknown"):
+        Replay(tmp_path)                                  # no config.json, no cluster sizes
+    (tmp_path / "config.json").write_text('{"clusters": 4, "lam": 1.0}')
+    replay = Replay(tmp_path)
+    assert replay.settings["lam"] is None                 # switched at step 5: unknown before
+    replay.run(10)
+    assert replay.settings["lam"] == 0.5 and replay.curves.steps == [10]

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from klteach import display, plots
+from klteach.config import setting_info
 from klteach.metrics import one_cluster_threshold
 from klteach.train import TrainingError
 from klteach.widgets import (
@@ -87,6 +88,30 @@ def test_set_from_code_moves_the_controls_and_refuses_bad_values():
     assert dash.trainer.config.tau_student == 0.1
 
 
+def test_controls_follow_the_config_metadata():
+    dash = small_dashboard()
+    for name, control in dash.controls.items():
+        info = setting_info(name)
+        assert control.tooltip == info.help
+        assert control.description.endswith("(restarts)") == (info.kind == "restart"), name
+        if info.choices is not None:
+            assert tuple(control.options) == info.choices
+        if isinstance(control, ipywidgets.FloatLogSlider):
+            assert info.log_scale, name
+            low, high = 10 ** control.min, 10 ** control.max
+        elif hasattr(control, "min"):
+            assert not info.log_scale, name
+            low, high = control.min, control.max
+        else:
+            continue
+        assert info.low is None or (low > info.low if info.low_open else low >= info.low), name
+        assert info.high is None or (high < info.high if info.high_open else high <= info.high), name
+    assert dash.controls["clusters"].description == "K (restarts)"
+    dash.set(tau_teacher=2.0, lam=3.0)                    # allowed, beyond the sliders' spans
+    assert dash.controls["tau_teacher"].value == pytest.approx(2.0)
+    assert dash.controls["lam"].value == 3.0
+
+
 def test_changing_k_restarts_the_run_and_redraws_with_k_bars():
     dash = small_dashboard()
     dash.run(10)
@@ -157,6 +182,30 @@ def test_bad_dashboard_arguments_are_refused():
         small_dashboard().run(-1)
 
 
+def test_replay_dashboard_plays_a_recording_with_its_switches_and_alarm():
+    dash = TrainingDashboard.replay("digits-collapse-rescue", steps_per_second=100)
+    assert dash.replaying and dash.trainer is None
+    assert [b.description for b in dash.buttons.values()] == ["Play", "Pause", "Rewind"]
+    assert "replay of digits-collapse-rescue · step 0 of 600" in dash.status.value
+    dash.controls["speed"].value = 400                    # the speed slider, as a drag does
+    assert dash.live.speed == 400
+    dash.run(100)
+    assert len(dash.panels["collapse"].data[0].x) == 10
+    assert "⚠ One-cluster collapse since step" in dash.alarm.value
+    assert "normaliser=none" in dash.status.value
+    dash.run(500)
+    markers = [a.text for a in dash.figure.layout.annotations if a.name == "collapse"]
+    assert "normaliser=inverse-prior" in markers          # the recorded switch, marked at step 150
+    assert "✓ No collapse" in dash.alarm.value and "Ended" in dash.status.value
+    assert len(dash.panels["cluster_sizes"].data[0].y) == 20 and len(dash.panels["quality"].data[0].x) == 60
+    assert "not recorded" in " ".join(a.text for a in dash.figure.layout.annotations if a.text)
+    with pytest.raises(TypeError, match="recorded"):
+        dash.set(normaliser="none")
+    dash.buttons["reset"].click()                         # Rewind
+    assert dash.live.step_count == 0 and len(dash.panels["collapse"].data[0].x) == 0
+    assert repr(dash).startswith("replay of digits-collapse-rescue: step 0")
+
+
 # ---------------------------------------------------------------- the collapse alarm
 
 def test_alarm_shows_each_verdict_by_icon_and_words_not_colour_alone():
@@ -166,11 +215,11 @@ def test_alarm_shows_each_verdict_by_icon_and_words_not_colour_alone():
     dash.curves = LiveCurves(steps=[0, 5], times=[0.0, 1.0], effective=[7.0, 1.1], used=[8, 1],
                              entropy=[0.9, 0.1], kl=[0.1, 0.1], collapse=["healthy", "one-cluster"])
     dash.refresh()
-    assert "⚠ Collapsed to ONE cluster" in dash.alarm.value
+    assert "⚠ One-cluster collapse" in dash.alarm.value
     dash.curves.collapse[-1] = "partial"
     dash.refresh()
-    assert "◐ PARTIAL collapse since step 5" in dash.alarm.value
-    assert dash.collapse_message.startswith("PARTIAL collapse")
+    assert "◐ Partial collapse since step 5" in dash.alarm.value
+    assert dash.collapse_message.startswith("Partial collapse")
     assert describe_changes({"tau_teacher": 0.05, "lam": 0.5}) == "τ_t to 0.05 and λ to 0.5"
 
 
@@ -279,9 +328,10 @@ def test_cluster_sizes_sorted_and_thin_keeps_the_last_point():
 
 def browser_draws(fig: go.FigureWidget) -> None:
     """What plotly's view in the browser sends back once it has drawn every edit it was sent
-    (the widget protocol's two reply messages, with the ids of the latest edits)."""
+    (the widget protocol's two reply messages, with the ids of the latest edits and its traces)."""
     fig._js2py_layoutDelta = {"layout_delta": {}, "layout_edit_id": fig._last_layout_edit_id}
-    fig._js2py_traceDeltas = {"trace_deltas": [], "trace_edit_id": fig._last_trace_edit_id}
+    fig._js2py_traceDeltas = {"trace_deltas": [{"uid": trace.uid} for trace in fig.data],
+                              "trace_edit_id": fig._last_trace_edit_id}
 
 
 def test_figure_slots_redraw_a_blank_figure_only_in_a_live_page(monkeypatch):

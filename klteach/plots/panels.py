@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from ..live import setting_parts
 from ..metrics import UNIFORM_THRESHOLD, one_cluster_threshold
+from ..watch import setting_parts
 from .look import PALETTE, Look, cluster_colours, cluster_symbols, current
 
 Layers = dict[str, tuple[list[dict], list[dict]]]
