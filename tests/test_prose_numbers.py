@@ -34,7 +34,6 @@ TEXT_MIMETYPES = ("text/plain", "text/html", "text/markdown", "text/latex")
 
 NOT_YET_CHECKED = {
     "01-mixture-model.ipynb",
-    "02-distillation-kl.ipynb",
     "03-inverse-priors.ipynb",
     "05-cifar-scale.ipynb",
     "06-beyond-the-paper.ipynb",
