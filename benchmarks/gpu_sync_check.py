@@ -22,7 +22,7 @@ import torch
 
 from klteach.bench import environment
 from klteach.data import load_dataset
-from klteach.train import Trainer, TrainConfig
+from klteach.train import TrainConfig, Trainer
 
 
 def klteach_frame(stack: list[traceback.FrameSummary]) -> str:

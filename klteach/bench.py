@@ -28,6 +28,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -38,7 +39,7 @@ import torch
 
 from . import data as data_lib
 from .checkpoint import write_json_atomic
-from .config import TrainConfig, resolve_device
+from .config import Device, TrainConfig, resolve_device
 from .models import ClusteringModel, count_parameters
 from .normalisers import make_normaliser
 from .train import Trainer
@@ -76,6 +77,20 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def git_commit() -> str | None:
+    """The commit of the klteach checkout (``+dirty`` when tracked files were modified), or None
+    outside a git checkout: which code produced a recorded figure."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def device_name(device: torch.device) -> str:
     """``torch.cuda.get_device_name`` for a GPU; CPU model and core count for a CPU."""
     if device.type == "cuda":
@@ -90,6 +105,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(), "platform": platform.platform(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "nproc": usable_cores(), "cpu": cpu_model(), "torch_threads": torch.get_num_threads(),
+        "git_commit": git_commit(),
     }
     if hasattr(os, "getloadavg"):
         info["load_average_1min"] = round(os.getloadavg()[0], 2)
@@ -405,7 +421,7 @@ FORWARDS_PER_IMAGE = 8
 forward + backward of about 2 forwards); ``tests/test_bench.py`` checks it with FLOP counts."""
 
 
-def default_config(device: str = "auto") -> TrainConfig:
+def default_config(device: Device = "auto") -> TrainConfig:
     """The configuration ``python -m klteach bench`` times on ``device`` (``auto``, ``cpu`` or
     ``cuda``). On a GPU: ResNet-18 at batch 512 on the full CIFAR-10, chapter 5's setting. On a
     CPU: the small CNN on the shipped sample, about a minute in all on two idle cores (one
@@ -549,6 +565,6 @@ def run_benchmark(config: TrainConfig, *, bench_steps: int | None = None, warmup
 __all__ = ["run_benchmark", "default_config", "benchmark", "measure_throughput", "measure_full_prior",
            "compare_with_plain_loop", "PlainLoop", "model_flops_utilisation", "measure_matmul_tflops",
            "datasheet_tflops", "estimate_step_seconds", "default_threads", "forward_flops_per_image",
-           "step_flops_per_image", "timed_steps", "synchronize", "reset_peak_memory", "peak_memory_bytes",
+           "step_flops_per_image", "git_commit", "timed_steps", "synchronize", "reset_peak_memory", "peak_memory_bytes",
            "current_memory_bytes", "device_name", "environment", "format_report", "busy_note",
            "CIFAR10_TRAIN_IMAGES", "VIEWS_PER_IMAGE"]

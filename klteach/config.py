@@ -128,6 +128,8 @@ class TrainConfig:
     arch: Architecture = setting("auto", "backbone; auto = ResNet-18 for 32x32 images on a GPU, else MLP "
                                  "(vectors, small images) or the small CNN", "restart")
     dim: int = setting(64, "embedding dimension D", "restart", low=2, high=MAX_DIM)
+    width: int = setting(32, "channels of the small CNN's first stage (arch cnn; 16 costs a quarter of 32)",
+                         "restart", low=1, high=1024)
     learnable_prototypes: bool = setting(True, "learn the weight vectors w_k; --fixed-prototypes keeps them "
                                          "at their random start", "restart",
                                          flags=("--fixed-prototypes",))
@@ -378,5 +380,5 @@ def same_dataset(saved: str, current: str) -> bool:
 __all__ = ["TrainConfig", "SettingInfo", "setting_info", "settings_of_kind", "setting_names",
            "neutral_settings", "convert", "describe_allowed", "with_changes", "config_from_dict",
            "resume_conflicts", "dataset_location", "is_folder_path", "NormaliserName", "PriorMode",
-           "Architecture", "Precision", "Kind", "KINDS", "validate_config", "resolve_device",
+           "Architecture", "Device", "Precision", "LrSchedule", "Kind", "KINDS", "validate_config", "resolve_device",
            "check_batch_size", "same_dataset"]

@@ -130,7 +130,7 @@ class Trainer:
             model = build_model(arch, tuple(dataset.train.shape[1:]), config.clusters, dim=config.dim,
                                 hidden=256 if small_input else 512,
                                 learnable_prototypes=config.learnable_prototypes,
-                                centred_prototypes=config.centred_prototypes)
+                                centred_prototypes=config.centred_prototypes, width=config.width)
         model = model.to(self.device, torch.float32)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # not in torch's stubs
