@@ -33,7 +33,6 @@ IDENTIFIER = re.compile(r"(?:arXiv:\s*|arxiv\.org/(?:abs|pdf)/|doi:\s*|doi\.org/
 TEXT_MIMETYPES = ("text/plain", "text/html", "text/markdown", "text/latex")
 
 NOT_YET_CHECKED = {
-    "03-inverse-priors.ipynb",
     "05-cifar-scale.ipynb",
     "06-beyond-the-paper.ipynb",
 }
