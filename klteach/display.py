@@ -38,10 +38,12 @@ from IPython.display import DisplayHandle, display
 
 from . import static
 
-RENDER_CHECKS_S = (5.0, 12.0, 25.0, 45.0)
+RENDER_CHECKS_S = (5.0, 12.0, 25.0, 45.0, 90.0, 180.0)
 """Seconds after display at which :class:`FigureSlots` looks for figures left blank."""
 MAX_REPAIRS = 3
 """Most times one figure is replaced."""
+PATIENCE_S = 60.0
+"""How long a figure in a live page may go without a view before it is replaced anyway."""
 ACK_TIMEOUT_S = 3.0
 """Longest wait for the browser to confirm a figure update before the next one is sent anyway."""
 
@@ -51,13 +53,14 @@ class FigureSlots:
     replaced by a fresh copy.
 
     Why: plotly's ``FigureWidget`` sends its data in a message right after the one that creates
-    it in the browser; on a busy machine the browser may still be loading the figure's JavaScript
-    (plotly.js, ~5 MB) and loses it: the view draws empty axes and never draws that figure's
-    updates (seen with a load average of 15 on 2 cores), while a copy, whose JavaScript is then
-    in the browser's cache, draws. A view reports the traces it drew back to the kernel; a figure
-    whose views reported none, in a page that is alive (the ``sentinel`` widget displayed beside
-    it has a view), is replaced, one figure per check, at most ``MAX_REPAIRS`` times. Headless
-    runs (no views) are left alone.
+    it in the browser; while the browser is still loading the figure's JavaScript (plotly.js,
+    ~5 MB) that message can be lost, and the view then draws empty axes for good, while a copy,
+    whose JavaScript is by then in the browser's cache, draws. A view reports the traces it drew
+    back to the kernel. A figure that has a view (ipywidgets counts them: plotly asks it to) which
+    reported no trace is replaced, one figure per check, at most ``MAX_REPAIRS`` times. A figure
+    with no view yet may still be loading: on a busy machine (load average 15 on 2 cores) that
+    took 45 s, and replacing it meanwhile only started the loading again; it is replaced only
+    after ``PATIENCE_S`` in a page that is alive (its ``sentinel`` widget has a view).
 
     The browser also confirms each update it has drawn (plotly's public
     ``FigureWidget.on_edits_completed`` calls back then), which paces the updates
@@ -81,6 +84,7 @@ class FigureSlots:
         self._waiting: set[int] = set()
         self._sent_at: dict[int, float] = {}
         self._repairs: dict[str, int] = {}
+        self._put_at: dict[int, float] = {}
         self._watching = False
         for name, fig in figures.items():
             self.put(name, fig)
@@ -96,6 +100,7 @@ class FigureSlots:
         key = id(fig)
         fig.observe(lambda change: self._reported(key, change), names="_js2py_traceDeltas")
         self.figures[name] = fig
+        self._put_at[key] = time.monotonic()
         if self._on_put is not None:
             self._on_put(name, fig)
         self.box(name).children = (fig,)
@@ -133,10 +138,11 @@ class FigureSlots:
         return (self.sentinel._view_count or 0) > 0 or bool(self._rendered)
 
     def blank(self) -> list[str]:
-        """Names of figures shown in a live page that have not drawn their traces."""
-        alive = self.alive()
-        return [name for name, fig in self.figures.items()
-                if alive and fig.data and id(fig) not in self._rendered]
+        """Names of figures whose browser view drew no trace, or that a live page has shown no
+        view of for ``PATIENCE_S``."""
+        now, alive = time.monotonic(), self.alive()
+        return [name for name, fig in self.figures.items() if fig.data and id(fig) not in self._rendered
+                and ((fig._view_count or 0) > 0 or alive and now - self._put_at[id(fig)] >= PATIENCE_S)]
 
     def watch(self) -> None:
         """Start checking for blank figures (once the widgets are displayed; figures put later

@@ -343,15 +343,24 @@ def test_figure_slots_replace_a_blank_figure_only_in_a_live_page(monkeypatch):
     assert dash.figure is first
     figure = go.FigureWidget(first)
     slots = display.FigureSlots({"f": figure}, dash._draw_lock, sentinel=ipywidgets.HTML())
-    slots.sentinel._view_count = 1                         # the page shows the widgets, but ...
+    slots.sentinel._view_count = 1                         # the page shows the widgets ...
+    assert slots.blank() == []                             # ... the figure's view is still loading
+    figure._view_count = 1                                 # its view exists, but ...
     figure._js2py_traceDeltas = {"trace_deltas": [], "trace_edit_id": figure._last_trace_edit_id}
-    assert slots.blank() == ["f"]                          # ... its view drew no trace
+    assert slots.blank() == ["f"]                          # ... drew no trace
     slots.watch()
     assert wait_for(lambda: slots.figures["f"] is not figure
                     and slots.boxes["f"].children == (slots.figures["f"],), 5)
     copy = slots.figures["f"]
     assert len(copy.data) == len(figure.data) and copy.layout.to_plotly_json() == figure.layout.to_plotly_json()
-    browser_draws(slots.figures["f"])                      # the copy draws its traces
+    copy._view_count = 1
+    assert slots.blank() == ["f"]
+    copy._view_count = 0                                   # no view yet: still loading, unless ...
+    assert slots.blank() == []
+    monkeypatch.setattr(display, "PATIENCE_S", 0.0)        # ... the page went on without it too long
+    assert slots.blank() == ["f"]
+    copy._view_count = 1
+    browser_draws(copy)                                    # the copy's view draws its traces
     assert slots.blank() == []
 
 

@@ -97,7 +97,7 @@ def screenshot_on_failure(page, name: str):
 
 def test_dashboard_switches_normaliser_mid_run_in_jupyterlab(lab, browser):
     started = time.monotonic()
-    page, dashboard = lab_ui.open_and_run_all(browser, lab, "dashboard.ipynb", timeout_s=120,
+    page, dashboard = lab_ui.open_and_run_all(browser, lab, "dashboard.ipynb", timeout_s=240,
                                               failure_shot=ARTIFACTS / "failed-dashboard-open.png")
     assert page.locator(".js-plotly-plot").count() >= 2          # the dashboard and the explorer
     with screenshot_on_failure(page, "dashboard"):
@@ -127,7 +127,7 @@ def test_chapter_2_dashboard_takes_a_normaliser_switch_mid_run(lab, browser):
 
 def test_replay_plays_a_recorded_collapse_and_rescue_in_jupyterlab_and_lecture_looks(lab, browser):
     started = time.monotonic()
-    page, dashboard = lab_ui.open_and_run_all(browser, lab, "replay.ipynb", timeout_s=120,
+    page, dashboard = lab_ui.open_and_run_all(browser, lab, "replay.ipynb", timeout_s=240,
                                               failure_shot=ARTIFACTS / "failed-replay-open.png")
     status, alarm = lab_ui.status_text, lambda: dashboard.locator(".klteach-alarm").inner_text()
     with screenshot_on_failure(page, "replay"):
