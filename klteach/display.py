@@ -38,8 +38,12 @@ from IPython.display import DisplayHandle, display
 
 from . import static
 
-RENDER_CHECKS_S = (6.0, 15.0, 30.0)
+RENDER_CHECKS_S = (5.0, 12.0, 25.0, 45.0, 90.0, 180.0)
 """Seconds after display at which :class:`FigureSlots` looks for figures left blank."""
+MAX_REPAIRS = 3
+"""Most times one figure is replaced."""
+PATIENCE_S = 60.0
+"""How long a figure in a live page may go without a view before it is replaced anyway."""
 ACK_TIMEOUT_S = 3.0
 """Longest wait for the browser to confirm a figure update before the next one is sent anyway."""
 
@@ -48,16 +52,15 @@ class FigureSlots:
     """Boxes that each hold one ``FigureWidget``; a figure whose browser view stayed blank is
     replaced by a fresh copy.
 
-    Why: plotly's ``FigureWidget`` is an anywidget whose JavaScript (plotly.js, ~5 MB) is
-    compiled for each figure, and anywidget gives a model 2 s to load it; the message carrying
-    the figure's data waits for that and is dropped when the deadline passes. On a slow or busy
-    machine the first figures of a page can miss it and stay blank for good, while a later copy
-    loads from the browser's warm compile cache and draws.
-
-    A view that drew a figure reports the traces it drew back to the kernel; a figure whose
-    views never reported a trace, in a page that is alive (the ``sentinel`` widget displayed
-    beside it has a view), is replaced, one figure per check, at most twice. Headless runs (no
-    views) are left alone.
+    Why: plotly's ``FigureWidget`` sends its data in a message right after the one that creates
+    it in the browser; while the browser is still loading the figure's JavaScript (plotly.js,
+    ~5 MB) that message can be lost, and the view then draws empty axes for good, while a copy,
+    whose JavaScript is by then in the browser's cache, draws. A view reports the traces it drew
+    back to the kernel. A figure that has a view (ipywidgets counts them: plotly asks it to) which
+    reported no trace is replaced, one figure per check, at most ``MAX_REPAIRS`` times. A figure
+    with no view yet may still be loading: on a busy machine (load average 15 on 2 cores) that
+    took 45 s, and replacing it meanwhile only started the loading again; it is replaced only
+    after ``PATIENCE_S`` in a page that is alive (its ``sentinel`` widget has a view).
 
     The browser also confirms each update it has drawn (plotly's public
     ``FigureWidget.on_edits_completed`` calls back then), which paces the updates
@@ -81,6 +84,7 @@ class FigureSlots:
         self._waiting: set[int] = set()
         self._sent_at: dict[int, float] = {}
         self._repairs: dict[str, int] = {}
+        self._put_at: dict[int, float] = {}
         self._watching = False
         for name, fig in figures.items():
             self.put(name, fig)
@@ -96,9 +100,12 @@ class FigureSlots:
         key = id(fig)
         fig.observe(lambda change: self._reported(key, change), names="_js2py_traceDeltas")
         self.figures[name] = fig
+        self._put_at[key] = time.monotonic()
         if self._on_put is not None:
             self._on_put(name, fig)
         self.box(name).children = (fig,)
+        if self._watching:
+            self._watch_figure(name, fig)
 
     def _await_drawing(self, fig: go.FigureWidget) -> None:
         """Note when the browser has drawn every edit sent to ``fig`` so far (one wait at a time)."""
@@ -131,27 +138,35 @@ class FigureSlots:
         return (self.sentinel._view_count or 0) > 0 or bool(self._rendered)
 
     def blank(self) -> list[str]:
-        """Names of figures shown in a live page that have not drawn their traces."""
-        alive = self.alive()
-        return [name for name, fig in self.figures.items()
-                if alive and fig.data and id(fig) not in self._rendered]
+        """Names of figures whose browser view drew no trace, or that a live page has shown no
+        view of for ``PATIENCE_S``."""
+        now, alive = time.monotonic(), self.alive()
+        return [name for name, fig in self.figures.items() if fig.data and id(fig) not in self._rendered
+                and ((fig._view_count or 0) > 0 or alive and now - self._put_at[id(fig)] >= PATIENCE_S)]
 
     def watch(self) -> None:
-        """Start (once) the background check for blank figures."""
+        """Start checking for blank figures (once the widgets are displayed; figures put later
+        are checked from when they are put)."""
         if self._watching:
             return
         self._watching = True
-        threading.Thread(target=self._watch, name="klteach-figure-watch", daemon=True).start()
+        for name, fig in self.figures.items():
+            self._watch_figure(name, fig)
 
-    def _watch(self) -> None:
+    def _watch_figure(self, name: str, fig: go.FigureWidget) -> None:
+        threading.Thread(target=self._watch, args=(name, fig), name="klteach-figure-watch", daemon=True).start()
+
+    def _watch(self, name: str, fig: go.FigureWidget) -> None:
         start = time.monotonic()
         for check in RENDER_CHECKS_S:
             time.sleep(max(0.0, start + check - time.monotonic()))
             with self._lock:
-                for name in self.blank()[:1]:
-                    if self._repairs.get(name, 0) < 2:
-                        self._repairs[name] = self._repairs.get(name, 0) + 1
-                        self.put(name, go.FigureWidget(self.figures[name]))
+                if self.figures.get(name) is not fig or id(fig) in self._rendered:
+                    return                                     # replaced, or drawn
+                if name in self.blank() and self._repairs.get(name, 0) < MAX_REPAIRS:
+                    self._repairs[name] = self._repairs.get(name, 0) + 1
+                    self.put(name, go.FigureWidget(fig))       # the copy is watched from now
+                    return
 
 
 class StaticCopy:
@@ -187,4 +202,4 @@ class StaticCopy:
             self.handle.update(self.bundle(), raw=True)
 
 
-__all__ = ["FigureSlots", "StaticCopy", "RENDER_CHECKS_S", "ACK_TIMEOUT_S"]
+__all__ = ["FigureSlots", "StaticCopy", "RENDER_CHECKS_S", "ACK_TIMEOUT_S", "MAX_REPAIRS"]

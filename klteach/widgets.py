@@ -35,6 +35,17 @@ EMBEDDING_POINTS = 300
 EMBEDDING_EVERY = 3
 """While training, the embedding view (the costliest to draw) follows every third redraw."""
 
+LOOK_CSS = """<style>
+.klteach-dashboard.klteach-lecture .widget-label, .klteach-dashboard.klteach-lecture .widget-readout,
+.klteach-dashboard.klteach-lecture select, .klteach-dashboard.klteach-lecture button,
+.klteach-dashboard.klteach-lecture .widget-html-content { font-size: 18px; }
+.klteach-dashboard.klteach-dark { background: #111111; }
+.klteach-dashboard.klteach-dark .widget-label, .klteach-dashboard.klteach-dark .widget-readout,
+.klteach-dashboard.klteach-dark .widget-html-content { color: #e6e6e6; }
+</style>"""
+"""Styles of the lecture looks (text of at least 18 px, a dark background), applied by the CSS
+classes :meth:`TrainingDashboard.set_look` puts on the dashboard."""
+
 ALARM_ICONS = {"healthy": "✓", "partial": "◐", "one-cluster": "⚠", "uniform": "⚠"}
 """Each verdict has its own icon and words, so the alarm never relies on colour alone."""
 ALARM_COLOURS = {"healthy": "#009E73", "partial": "#E69F00", "one-cluster": "#D55E00", "uniform": "#D55E00"}
@@ -224,7 +235,7 @@ class TrainingDashboard:
         self.panels: dict[str, plots.Panel] = {}
         self.slots = FigureSlots({}, self._draw_lock, sentinel=self.status,
                                  on_put=lambda _name, fig: plots.bind(self.panels, fig))
-        self._root = widgets.VBox([*self._control_rows(), self.status, self.alarm,
+        self._root = widgets.VBox([widgets.HTML(LOOK_CSS), *self._control_rows(), self.status, self.alarm,
                                    self.slots.box("dashboard")])
         self._root.add_class("klteach-dashboard")
         self._new_figure()
@@ -256,21 +267,37 @@ class TrainingDashboard:
         for css_class, on in (("klteach-lecture", look != "normal"), ("klteach-dark", look == "dark")):
             (self._root.add_class if on else self._root.remove_class)(css_class)
         with self._draw_lock:
-            self._new_figure()
+            self._restyle()
         self.refresh()
 
     def _figure_look(self) -> plots.Look:
         return plots.Look(lecture=self.look.value != "normal", dark=self.look.value == "dark")
 
-    def _new_figure(self) -> None:
-        """One FigureWidget with the five panels (rebuilt when the view or the look changes)."""
+    def _plain_figure(self) -> go.Figure:
+        """The dashboard's figure in the current look, with its panels in :attr:`panels`."""
         self._three_d = self._embedding_dim() == 3
-        fig, panels = plots.dashboard_figure(
+        fig, self.panels = plots.dashboard_figure(
             self._three_d, self.live.has_labels, look=self._figure_look(),
             embedding_title="Embeddings are not recorded: a replay shows what the run measured"
             if self.replaying else None)
-        self.panels = panels
-        self.slots.put("dashboard", go.FigureWidget(fig))
+        return fig
+
+    def _new_figure(self) -> None:
+        """One FigureWidget with the five panels (rebuilt when the embedding view changes)."""
+        self.slots.put("dashboard", go.FigureWidget(self._plain_figure()))
+
+    def _restyle(self) -> None:
+        """Give the shown figure the current look in place, in one message: the same widget takes
+        the layout and trace styles of a figure drawn in that look (a new widget would have to
+        reach the browser again, see :class:`klteach.display.FigureSlots`)."""
+        fig = self._plain_figure()
+        self._draw(embedding=True)                       # the current curves, into the plain figure
+        widget = self.figure
+        with widget.batch_update():
+            widget.update_layout(fig.layout.to_plotly_json(), overwrite=True)
+            for shown, styled in zip(widget.data, fig.data):
+                shown.update({k: v for k, v in styled.to_plotly_json().items() if k != "uid"}, overwrite=True)
+        plots.bind(self.panels, widget)
 
     def _embedding_dim(self) -> int:
         return int(self.live.settings.get("dim") or 0)
@@ -353,7 +380,8 @@ class TrainingDashboard:
             return
         if isinstance(run, Replay):
             state = "Playing" if run.running else ("Ended" if run.finished else "Paused")
-            where = f"<b>{state}</b> · replay of {escape(run.name)} · step {run.step_count} of {run.total_steps}"
+            where = (f"<b>{state}</b> · replay of {escape(run.name)} · step {run.step_count} of {run.total_steps}"
+                     f" · {run.speed:.0f} steps/s")
         else:
             state = "Running" if run.running else "Paused"
             rate = f" · {run.steps_per_second:.1f} steps/s" if run.running else ""

@@ -334,21 +334,33 @@ def browser_draws(fig: go.FigureWidget) -> None:
                               "trace_edit_id": fig._last_trace_edit_id}
 
 
-def test_figure_slots_redraw_a_blank_figure_only_in_a_live_page(monkeypatch):
-    monkeypatch.setattr(display, "RENDER_CHECKS_S", (0.05,))
+def test_figure_slots_replace_a_blank_figure_only_in_a_live_page(monkeypatch):
+    monkeypatch.setattr(display, "RENDER_CHECKS_S", (0.05, 0.1))
     dash = small_dashboard()
     first = dash.figure
     dash.slots.watch()                                     # headless: no views anywhere
     time.sleep(0.5)
     assert dash.figure is first
-    slots = display.FigureSlots({"f": go.FigureWidget(first)}, dash._draw_lock, sentinel=ipywidgets.HTML())
-    slots.sentinel._view_count = 1                         # the page shows the widgets, but ...
-    assert slots.blank() == ["f"]                          # ... the figure never confirmed drawing
-    before = slots.figures["f"]
+    figure = go.FigureWidget(first)
+    slots = display.FigureSlots({"f": figure}, dash._draw_lock, sentinel=ipywidgets.HTML())
+    slots.sentinel._view_count = 1                         # the page shows the widgets ...
+    assert slots.blank() == []                             # ... the figure's view is still loading
+    figure._view_count = 1                                 # its view exists, but ...
+    figure._js2py_traceDeltas = {"trace_deltas": [], "trace_edit_id": figure._last_trace_edit_id}
+    assert slots.blank() == ["f"]                          # ... drew no trace
     slots.watch()
-    assert wait_for(lambda: slots.figures["f"] is not before
+    assert wait_for(lambda: slots.figures["f"] is not figure
                     and slots.boxes["f"].children == (slots.figures["f"],), 5)
-    browser_draws(slots.figures["f"])
+    copy = slots.figures["f"]
+    assert len(copy.data) == len(figure.data) and copy.layout.to_plotly_json() == figure.layout.to_plotly_json()
+    copy._view_count = 1
+    assert slots.blank() == ["f"]
+    copy._view_count = 0                                   # no view yet: still loading, unless ...
+    assert slots.blank() == []
+    monkeypatch.setattr(display, "PATIENCE_S", 0.0)        # ... the page went on without it too long
+    assert slots.blank() == ["f"]
+    copy._view_count = 1
+    browser_draws(copy)                                    # the copy's view draws its traces
     assert slots.blank() == []
 
 
@@ -374,7 +386,7 @@ def test_lecture_look_has_large_text_and_a_dark_variant():
     dash.run(5)
     normal = dash.figure
     dash.look.value = "lecture"                            # the toggle, as a click does
-    assert dash.figure is not normal
+    assert dash.figure is normal                           # restyled in place, not a new widget
     assert "klteach-lecture" in dash.widget._dom_classes
     legend_fonts = [dash.figure.layout[f"legend{n}"].font.size for n in ("", "12", "21", "22", "31")]
     assert min(legend_fonts) >= plots.look.LECTURE_FONT_PX

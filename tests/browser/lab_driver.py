@@ -16,14 +16,19 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 TOKEN = "klteach-browser-test"
+APPS = {"lab": ("--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+                "--LabApp.expose_app_in_browser=True"),
+        "notebook": ("--JupyterNotebookApp.expose_app_in_browser=True",)}
+"""The servers driven, with the flags that expose ``window.jupyterapp`` and keep them quiet."""
 REPO = Path(__file__).resolve().parents[2]
 VIEWPORT = {"width": 1400, "height": 1900}
 
@@ -66,6 +71,29 @@ COLLAPSE_PANEL = """() => {
 """Points, marker labels and marker steps of the dashboard's collapse monitor, read from plotly."""
 
 
+DASHBOARD_LOOK = """() => {
+    const root = document.querySelector('.klteach-dashboard');
+    const gd = root.querySelector('.js-plotly-plot');
+    const size = el => parseFloat(getComputedStyle(el).fontSize);
+    const texts = [...gd.querySelectorAll('svg text')].filter(t => t.textContent.trim() && t.getBBox().width > 0);
+    const labels = [...root.querySelectorAll('.widget-label, .widget-html-content, button')]
+        .filter(el => el.innerText.trim());
+    return {figure_min_px: Math.min(...texts.map(size)), controls_min_px: Math.min(...labels.map(size)),
+            paper: gd._fullLayout.paper_bgcolor, classes: [...root.classList]};
+}"""
+"""The smallest text in the dashboard's figure and in its controls (px), the figure's background
+and the dashboard's CSS classes (plotly.js's ``_fullLayout`` holds what it drew)."""
+
+
+def compact_screenshot(element: Any, path: Path) -> None:
+    """A screenshot of ``element`` saved as a small PNG (at most 256 colours, which is all a plot
+    uses): for pictures committed to the repository."""
+    from klteach.static import compact_png
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(compact_png(element.screenshot()))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -82,9 +110,13 @@ def write_notebook(path: Path, sources: list[str]) -> None:
 
 
 @contextmanager
-def jupyter_lab(root: Path, env: dict[str, str] | None = None, timeout: float = 90) -> Iterator[str]:
-    """``jupyter lab`` serving ``root`` on 127.0.0.1 with a fixed token; yields its URL and kills
-    its whole process group (server and kernels) afterwards."""
+def jupyter_lab(root: Path, env: dict[str, str] | None = None, timeout: float = 90,
+                app: str = "lab") -> Iterator[str]:
+    """``jupyter lab`` (or, with ``app="notebook"``, Jupyter Notebook 7) serving ``root`` on
+    127.0.0.1 with a fixed token; yields its URL and kills its whole process group (server and
+    kernels) afterwards."""
+    if app not in APPS:
+        raise ValueError(f"unknown app {app!r}; one of {', '.join(APPS)}")
     settings = root / ".lab-settings" / "@jupyterlab" / "notebook-extension"
     settings.mkdir(parents=True, exist_ok=True)
     (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"autoStartDefaultKernel": True}))
@@ -100,11 +132,9 @@ def jupyter_lab(root: Path, env: dict[str, str] | None = None, timeout: float = 
     log_path = root / "server.log"
     with open(log_path, "w") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root",
+            [sys.executable, "-m", "jupyter", app, "--no-browser", "--allow-root",
              f"--IdentityProvider.token={TOKEN}", f"--ServerApp.port={port}", "--ip=127.0.0.1",
-             f"--ServerApp.root_dir={root}", "--ServerApp.port_retries=0",
-             "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-             "--LabApp.expose_app_in_browser=True"],
+             f"--ServerApp.root_dir={root}", "--ServerApp.port_retries=0", *APPS[app]],
             cwd=root, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         url = f"http://127.0.0.1:{port}"
         try:
@@ -117,7 +147,7 @@ def jupyter_lab(root: Path, env: dict[str, str] | None = None, timeout: float = 
                 except OSError:
                     if server.poll() is not None or time.monotonic() > deadline:
                         log.flush()
-                        raise RuntimeError("jupyter lab did not start:\n" + log_path.read_text()[-3000:])
+                        raise RuntimeError(f"jupyter {app} did not start:\n" + log_path.read_text()[-3000:]) from None
                     time.sleep(0.5)
             yield url
         finally:
@@ -128,6 +158,14 @@ def jupyter_lab(root: Path, env: dict[str, str] | None = None, timeout: float = 
                 except subprocess.TimeoutExpired:
                     os.killpg(server.pid, signal.SIGKILL)
                     server.wait(10)
+
+
+def notebook_url(url: str, notebook: str, app: str = "lab") -> str:
+    """Where ``notebook`` opens: a fresh JupyterLab workspace (no other tabs), or Notebook 7's page."""
+    if app == "notebook":
+        return f"{url}/notebooks/{notebook}?token={TOKEN}"
+    workspace = re.sub(r"\W", "-", Path(notebook).stem)
+    return f"{url}/lab/workspaces/{workspace}/tree/{notebook}?reset&token={TOKEN}"
 
 
 @contextmanager
@@ -144,14 +182,14 @@ def chromium() -> Iterator[Any]:
 
 
 def open_and_run_all(browser: Any, url: str, notebook: str, timeout_s: float,
-                     failure_shot: Path | None = None) -> tuple[Any, Any]:
-    """Open ``notebook``, wait for its kernel, Run → Run All Cells, and wait until every cell ran
-    and every plot drew its traces. Returns ``(page, dashboard locator)``."""
+                     failure_shot: Path | None = None, app: str = "lab") -> tuple[Any, Any]:
+    """Open ``notebook`` (in JupyterLab, or Notebook 7 with ``app="notebook"``), wait for its
+    kernel, Run → Run All Cells, and wait until every cell ran and every plot drew its traces.
+    Returns ``(page, dashboard locator)``."""
     page = browser.new_page(viewport=VIEWPORT)
     page.set_default_timeout(timeout_s * 1000)
     try:
-        workspace = re.sub(r"\W", "-", Path(notebook).stem)      # a fresh workspace: no other tabs
-        page.goto(f"{url}/lab/workspaces/{workspace}/tree/{notebook}?reset&token={TOKEN}")
+        page.goto(notebook_url(url, notebook, app))
         page.locator(".jp-Notebook").first.wait_for()
         page.wait_for_function(KERNEL_READY, polling=500)   # cells sent before the websocket is
         page.get_by_role("menuitem", name="Run", exact=True).click()      # up can be lost
@@ -204,3 +242,42 @@ def select_normaliser(dashboard: Any, name: str) -> None:
 
 def click(dashboard: Any, button: str) -> None:
     dashboard.get_by_role("button", name=button).click()
+
+
+def switch_normaliser_while_running(page: Any, dashboard: Any, start: str, new: str, name: str,
+                                    artifacts: Path) -> dict:
+    """Start training, change the normaliser menu mid-run, check the trainer and plots follow;
+    screenshots ``name``.png (the page) and ``name``-dashboard.png in ``artifacts``."""
+    status = status_text
+    assert f"normaliser={start}" in status(dashboard)
+    click(dashboard, "Start")
+    wait_until(lambda: "Running" in status(dashboard), 30, "the status line to say Running", dashboard)
+    first = step_of(status(dashboard))
+    wait_until(lambda: step_of(status(dashboard)) >= first + 5, 60, "training steps to advance", dashboard)
+    before = page.evaluate(COLLAPSE_PANEL)
+
+    select_normaliser(dashboard, new)
+    switched = wait_until(lambda: status(dashboard) if f"normaliser={new}" in status(dashboard) else "",
+                          60, f"the running trainer to switch to normaliser={new}", dashboard)
+    assert "Running" in switched, switched
+    switched_at = step_of(switched)
+    wait_until(lambda: step_of(status(dashboard)) >= switched_at + 10, 60, "training to go on after the switch",
+               dashboard)
+    label = f"normaliser={new}"
+    after = wait_until(lambda: (s := page.evaluate(COLLAPSE_PANEL)) and label in s["labels"] and s,
+                       30, "the collapse monitor to mark the switch", dashboard)
+    assert after["points"] > before["points"]
+    assert label not in before["labels"]
+    assert after["markers"][-1] > first             # marked mid-run, not at a restart
+    assert "Running" in status(dashboard)
+
+    artifacts.mkdir(exist_ok=True)
+    dashboard.scroll_into_view_if_needed()
+    page.screenshot(path=str(artifacts / f"{name}.png"))
+    dashboard.screenshot(path=str(artifacts / f"{name}-dashboard.png"))
+    click(dashboard, "Pause")
+    paused = wait_until(lambda: status(dashboard) if "Paused" in status(dashboard) else "", 30,
+                        "the dashboard to pause", dashboard)
+    time.sleep(1.0)
+    assert step_of(status(dashboard)) == step_of(paused)   # it really stopped
+    return after
