@@ -39,9 +39,11 @@ import klteach.train as train_module
 from klteach import metrics, theory
 from klteach.augment import CIFAR_AUGMENT, ImageAugment, channel_mean_std
 from klteach.bench import cpu_model
+from klteach.checkpoint import write_json_atomic
+from klteach.config import TrainConfig
 from klteach.data import Dataset, load_dataset, to_float
-from klteach.models import SmallCNN, build_model
-from klteach.train import TrainConfig, Trainer, write_json_atomic
+from klteach.models import build_model
+from klteach.train import Trainer
 
 RESULT = Path(__file__).resolve().parent / "results" / "cifar_sample_probe.json"
 BANK, KNN_K, KNN_T = 5000, 20, 0.07
@@ -109,11 +111,7 @@ def model_builder(variant: Variant, dataset: Dataset) -> Callable[..., nn.Module
     mean, std = channel_mean_std(dataset.train)
 
     def build(arch, input_shape, clusters, **kwargs):
-        model = build_model(arch, input_shape, clusters, **kwargs)
-        if variant.width != 32:
-            model.backbone = SmallCNN(input_shape[0], width=variant.width)
-            model.head = type(model.head)(model.backbone.out_features, kwargs.get("hidden", 512),
-                                          kwargs.get("dim", 64))
+        model = build_model(arch, input_shape, clusters, **{**kwargs, "width": variant.width})
         if variant.standardise:
             model.backbone = standardised(model.backbone, mean, std)
         return model
@@ -125,23 +123,18 @@ class ProbeTrainer(Trainer):
 
     variant: Variant
 
-    def _build(self) -> None:
-        super()._build()
+    def _install(self, config, dataset) -> None:
+        super()._install(config, dataset)
         if not self.variant.prototype_decay:
             protos = [self.student.prototypes.weight]
             rest = [p for p in self.student.parameters() if p is not protos[0]]
-            cfg = self.config
             self.optimiser = torch.optim.AdamW([{"params": rest}, {"params": protos, "weight_decay": 0.0}],
-                                               lr=cfg.lr, weight_decay=cfg.weight_decay)
+                                               lr=config.lr, weight_decay=config.weight_decay)
 
-    def _teacher_q(self, x):
-        if not self.variant.teacher_eval_bn:
-            return super()._teacher_q(x)
-        self.teacher.eval()
-        try:
-            return super()._teacher_q(x)
-        finally:
-            self.teacher.train()
+    def _train_mode(self) -> None:
+        super()._train_mode()
+        if self.variant.teacher_eval_bn:
+            self.teacher.eval()
 
 
 @torch.no_grad()
@@ -244,7 +237,7 @@ def untrained_knn(dataset: Dataset, widths: list[int], seeds: list[int]) -> list
 def run_variant(name: str, variant: Variant, dataset: Dataset, steps: int, eval_every: int,
                 seed: int, normaliser: str) -> dict[str, Any]:
     config = TrainConfig(dataset="cifar10-sample", arch="cnn", clusters=10, batch_size=64, steps=steps,
-                         eval_every=0, seed=seed, device="cpu", normaliser=normaliser)
+                         eval_every=0, seed=seed, device="cpu", normaliser=normaliser, width=variant.width)
     config = dataclasses.replace(config, **variant.config)
     original = train_module.build_model
     train_module.build_model = model_builder(variant, dataset)
@@ -262,7 +255,7 @@ def run_variant(name: str, variant: Variant, dataset: Dataset, steps: int, eval_
     while trainer.step_count < steps:
         start = time.process_time()
         for _ in range(min(eval_every, steps - trainer.step_count)):
-            trainer.step()
+            trainer.train_step()
         train_cpu += time.process_time() - start
         rows.append(probe(trainer, bank, last=trainer.step_count >= steps))
         r = rows[-1]

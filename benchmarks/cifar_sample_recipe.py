@@ -7,8 +7,10 @@ kNN accuracy on a fixed random bank of training images, NMI) and keeps its folde
 ``config.json`` + ``metrics.jsonl`` (the checkpoint is deleted: a recording, not a resumable
 run). The summary ``results/cifar_sample_recipe.json`` is rewritten after every run with the
 hardware, the machine's load average before and after, and each run's CPU and wall time, so a
-stopped recording keeps what it finished. The seed-0 run of each normaliser is copied to
-``klteach/recordings/cifar10-sample-<normaliser>/`` for the replays.
+stopped recording keeps what it finished; it also holds every run's evaluations (without the
+per-cluster sizes), which chapter 5 plots. The seed-0 run of each normaliser is copied to
+``results/replays/cifar10-sample-<normaliser>/`` for ``TrainingDashboard.replay``, its numbers
+rounded as ``record_replays.py`` rounds them.
 
 One command re-records everything (on an idle 2-core machine about 25 minutes; ``--jobs 2``
 runs two processes side by side, one core each):
@@ -24,7 +26,6 @@ import argparse
 import dataclasses
 import datetime
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -37,14 +38,19 @@ from typing import Any
 import torch
 
 from klteach.bench import cpu_model, git_commit, usable_cores
+from klteach.checkpoint import read_metrics, write_json_atomic
+from klteach.config import TrainConfig
 from klteach.normalisers import NORMALISERS
-from klteach.train import TrainConfig, Trainer, write_json_atomic
+from klteach.train import Trainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record_replays import rounded, shrink  # noqa: E402  (a sibling script: one rounding for all replays)
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULT = HERE / "results" / "cifar_sample_recipe.json"
 RUNS = REPO / "runs" / "cifar_sample_recipe"
-RECORDINGS = REPO / "klteach" / "recordings"
+REPLAYS = HERE / "results" / "replays"
 RECIPE = TrainConfig(dataset="cifar10-sample", arch="cnn", width=16, clusters=10, batch_size=64, lr=1e-3,
                      momentum=0.99, steps=600, eval_every=30, eval_size=2000, device="cpu")
 """The recipe (see benchmarks/README.md, "A CPU recipe that learns", for why each setting)."""
@@ -58,9 +64,7 @@ def train_one(normaliser: str, seed: int, steps: int, eval_every: int, folder: P
                                  out=str(folder))
     wall, cpu = time.perf_counter(), time.process_time()
     trainer = Trainer(config)
-    untrained = trainer.evaluate()           # step 0: the untrained network, the yardstick of kNN
-    trainer.history.append({k: None if isinstance(v, float) and not math.isfinite(v) else v
-                            for k, v in untrained.items()})
+    trainer.history.append(trainer.evaluate())   # step 0: the untrained network, the yardstick of kNN
     trainer.run()
     (folder / "checkpoint.pt").unlink(missing_ok=True)
     return {"cpu_seconds": round(time.process_time() - cpu, 1), "wall_seconds": round(time.perf_counter() - wall, 1),
@@ -80,10 +84,12 @@ def run_in_child(normaliser: str, seed: int, steps: int, eval_every: int, runs_d
     if done.returncode:
         raise RuntimeError(f"{normaliser} seed {seed} failed:\n{done.stderr[-2000:]}")
     times = json.loads(done.stdout.strip().splitlines()[-1])
+    evaluations, _ = read_metrics(folder)
     return {"normaliser": normaliser, "seed": seed, "folder": str(folder.relative_to(REPO))
             if folder.is_relative_to(REPO) else str(folder), "started": started,
             "load_average_1min_before": load_before, "load_average_1min_after": round(os.getloadavg()[0], 2),
-            **times}
+            **times, "evaluations": [rounded({k: v for k, v in row.items() if not isinstance(v, list)})
+                                     for row in evaluations]}
 
 
 def hardware() -> dict[str, Any]:
@@ -100,7 +106,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side (one core each)")
     parser.add_argument("--out", type=Path, default=RESULT)
     parser.add_argument("--runs-dir", type=Path, default=RUNS)
-    parser.add_argument("--recordings", type=Path, default=RECORDINGS,
+    parser.add_argument("--replays", type=Path, default=REPLAYS,
                         help="where the seed-0 runs are copied for the replays ('' to skip)")
     parser.add_argument("--append", action="store_true",
                         help="keep the runs already in --out (those asked for again are replaced)")
@@ -139,15 +145,16 @@ def main() -> None:
                   f"{run['wall_seconds']:.0f} s wall (load {run['load_average_1min_before']})", flush=True)
     record["complete"] = True
     write_json_atomic(args.out, record)
-    if str(args.recordings):
+    if str(args.replays) and 0 in args.seeds:
         for normaliser in args.normalisers:
-            source = args.runs_dir / f"{normaliser}-seed{min(args.seeds)}"
-            target = args.recordings / f"cifar10-sample-{normaliser}"
+            source = args.runs_dir / f"{normaliser}-seed0"
+            target = args.replays / f"cifar10-sample-{normaliser}"
             shutil.rmtree(target, ignore_errors=True)
             target.mkdir(parents=True)
             config = json.loads((source / "config.json").read_text())
             write_json_atomic(target / "config.json", {**config, "out": None})   # no path of this machine
             shutil.copy2(source / "metrics.jsonl", target / "metrics.jsonl")
+            shrink(target)
     print(f"wrote {args.out}")
 
 

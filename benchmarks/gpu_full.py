@@ -90,11 +90,11 @@ def run_one(args: argparse.Namespace, normaliser: str, dataset, device, out: Pat
     # Calibrate: the first steps pay for kernel selection (and compilation), so time the rest.
     untimed = max(1, args.calibrate_steps // 3)
     for _ in range(untimed):
-        trainer.step()
+        trainer.train_step()
     before = clock.pause()
     clock.resume()
     for _ in range(args.calibrate_steps - untimed):
-        trainer.step()
+        trainer.train_step()
     calibrated = clock.pause()
     seconds_per_step = (calibrated - before) / (args.calibrate_steps - untimed)
     plan = {"steps": args.calibrate_steps + max(1, int((budget - calibrated) / seconds_per_step))}

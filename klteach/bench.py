@@ -174,11 +174,12 @@ def current_memory_bytes(device: torch.device) -> int | None:
 # ---------------------------------------------------------------- measurements
 
 def timed_steps(trainer: Trainer, steps: int) -> float:
-    """Wall-clock seconds for ``steps`` training steps, synchronised at both ends."""
+    """Wall-clock seconds for ``steps`` training steps, synchronised at both ends (``train_step``:
+    the loss stays on the device, as in ``Trainer.run``)."""
     synchronize(trainer.device)
     start = time.perf_counter()
     for _ in range(steps):
-        trainer.step()
+        trainer.train_step()
     synchronize(trainer.device)
     return time.perf_counter() - start
 
@@ -188,7 +189,7 @@ def measure_throughput(trainer: Trainer, steps: int, warmup: int) -> dict[str, A
     _check_count(steps, "bench_steps", 1)
     _check_count(warmup, "warmup", 0)
     for _ in range(warmup):
-        trainer.step()
+        trainer.train_step()
     synchronize(trainer.device)
     memory_before = current_memory_bytes(trainer.device)
     memory_method = reset_peak_memory(trainer.device)
@@ -251,7 +252,7 @@ def step_flops_per_image(trainer: Trainer) -> int:
 
     counter = FlopCounterMode(display=False)
     with counter:
-        trainer.step()
+        trainer.train_step()
     return counter.get_total_flops() // trainer.config.batch_size
 
 
@@ -325,10 +326,12 @@ class PlainLoop:
         cfg = self.config
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             with torch.no_grad():
-                z_teacher = self.teacher.embed(views).float()
-                q = self.normaliser(z_teacher, self.teacher.prototypes.unit_weights, cfg.tau_teacher)
-            z_student = self.student.embed(views).float()
-            log_p = (z_student @ self.student.prototypes.unit_weights.T / cfg.tau_student).log_softmax(-1)
+                z_teacher = self.teacher.embed(views)
+            z_student = self.student.embed(views)
+        # logits, normaliser and loss in float32, as the trainer computes them
+        with torch.no_grad():
+            q = self.normaliser(z_teacher.float(), self.teacher.prototypes.unit_weights, cfg.tau_teacher)
+        log_p = (z_student.float() @ self.student.prototypes.unit_weights.T / cfg.tau_student).log_softmax(-1)
         q_a, q_b = q.chunk(2)
         log_p_a, log_p_b = log_p.chunk(2)
         return -((q_a * log_p_b).sum(-1).mean() + (q_b * log_p_a).sum(-1).mean()) / 2
@@ -375,7 +378,7 @@ def torch_threads(threads: int) -> Iterator[None]:
 
 def compare_with_plain_loop(trainer: Trainer, steps: int, warmup: int,
                             threads: Sequence[int]) -> list[dict[str, Any]]:
-    """images/s of ``trainer.step()`` against :class:`PlainLoop` with each number of CPU threads.
+    """images/s of ``trainer.train_step()`` against :class:`PlainLoop` with each number of CPU threads.
 
     After ``warmup`` untimed steps of each, the two alternate step by step on a CPU (so a change
     in the machine's load hits both alike) and in blocks of ``steps`` on a GPU (a sync per step
@@ -390,11 +393,11 @@ def compare_with_plain_loop(trainer: Trainer, steps: int, warmup: int,
         _check_count(count, "threads", 1)
         with torch_threads(count):
             load_before = _load_average()
-            time_steps(trainer.step, warmup, trainer.device)
+            time_steps(trainer.train_step, warmup, trainer.device)
             time_steps(plain.step, warmup, trainer.device)
             library, plain_time = [0.0, 0.0], [0.0, 0.0]
             for _ in range(steps // block):
-                for total, step in ((library, trainer.step), (plain_time, plain.step)):
+                for total, step in ((library, trainer.train_step), (plain_time, plain.step)):
                     wall, cpu = time_steps(step, block, trainer.device)
                     total[0] += wall
                     total[1] += cpu
