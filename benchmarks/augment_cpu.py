@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from klteach.augment import CIFAR_AUGMENT, augment_per_image_reference
-from klteach.data import load_dataset
 from klteach.bench import cpu_model
+from klteach.data import load_dataset
 
 RESULT = Path(__file__).resolve().parent / "results" / "augment_cpu.json"
 

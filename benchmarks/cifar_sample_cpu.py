@@ -25,32 +25,18 @@ import json
 import math
 import os
 import platform
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
+from klteach.bench import cpu_model, git_commit
 from klteach.data import Dataset, load_dataset
 from klteach.normalisers import NORMALISERS
 from klteach.train import TrainConfig, Trainer
-from klteach.bench import cpu_model
 
 RESULT = Path(__file__).resolve().parent / "results" / "cifar_sample_cpu.json"
-
-
-def git_commit() -> str | None:
-    """The repository's commit (with ``+dirty`` if files were modified), or None outside git."""
-    repo = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head + ("+dirty" if dirty else "")
 
 
 def hardware(device: str, threads: int) -> dict:

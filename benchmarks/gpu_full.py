@@ -8,8 +8,9 @@ script
 2. sets the run's length so the cosine schedule ends after ``--minutes`` of training,
 3. evaluates ``--evals`` times, evenly spread over the budget (the clock stops while it
    evaluates: the curve is kNN accuracy against *training* wall-clock time; the time spent in
-   evaluation is recorded too). kNN: cosine, k=20, T=0.07, the memory bank is the first
-   ``--eval-size`` training images (default all 50,000), queries are the 10,000 test images.
+   evaluation is recorded too). kNN: cosine, k=20, T=0.07, the memory bank is a fixed random
+   subset of ``--eval-size`` training images (default all 50,000), queries are the 10,000 test
+   images.
 
 Each evaluation rewrites ``benchmarks/results/gpu_<device>_<normaliser>.json`` (``cpu_`` on a CPU),
 so a run cut short still leaves its curve. The hyperparameters below are sensible DINO-style
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from klteach.bench import busy_note, environment, synchronize
 from klteach.data import load_dataset
-from klteach.train import Trainer, TrainConfig, resolve_device, write_json_atomic
+from klteach.train import TrainConfig, Trainer, resolve_device, write_json_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = (0.81, 0.85)
@@ -89,11 +90,11 @@ def run_one(args: argparse.Namespace, normaliser: str, dataset, device, out: Pat
     # Calibrate: the first steps pay for kernel selection (and compilation), so time the rest.
     untimed = max(1, args.calibrate_steps // 3)
     for _ in range(untimed):
-        trainer.step()
+        trainer.train_step()
     before = clock.pause()
     clock.resume()
     for _ in range(args.calibrate_steps - untimed):
-        trainer.step()
+        trainer.train_step()
     calibrated = clock.pause()
     seconds_per_step = (calibrated - before) / (args.calibrate_steps - untimed)
     plan = {"steps": args.calibrate_steps + max(1, int((budget - calibrated) / seconds_per_step))}

@@ -1,4 +1,4 @@
-"""Find host-device synchronisations inside ``Trainer.step`` on a GPU.
+"""Find host-device synchronisations inside ``Trainer.train_step`` on a GPU.
 
 A sync (``.item()``, ``float(tensor)``, a copy from pageable host memory, ``torch.linalg.inv``'s
 error check, ...) makes the host wait for the GPU, so the GPU then idles while the host queues
@@ -22,7 +22,7 @@ import torch
 
 from klteach.bench import environment
 from klteach.data import load_dataset
-from klteach.train import Trainer, TrainConfig
+from klteach.train import TrainConfig, Trainer
 
 
 def klteach_frame(stack: list[traceback.FrameSummary]) -> str:
@@ -49,7 +49,7 @@ def syncs_in_steps(trainer: Trainer, steps: int) -> collections.Counter:
     torch.cuda.set_sync_debug_mode("warn")
     try:
         for _ in range(steps):
-            trainer.step()
+            trainer.train_step()
     finally:
         torch.cuda.set_sync_debug_mode("default")
         warnings.showwarning = original
@@ -77,7 +77,7 @@ def main() -> int:
                                       batch_size=args.batch_size, device="cuda", eval_every=0,
                                       compile=args.compile, steps=100), data=dataset)
         for _ in range(3):
-            trainer.step()
+            trainer.train_step()
         torch.cuda.synchronize()
         sites = syncs_in_steps(trainer, args.steps)
         report["results"][normaliser] = dict(sites)

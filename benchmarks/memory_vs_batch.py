@@ -5,7 +5,7 @@ freed before the next, and ``torch.cuda.max_memory_allocated`` is reset before t
 (so the figure includes the uint8 dataset resident on the GPU, the model, the optimiser state
 and the step's activations). A batch that does not fit is recorded as out of memory.
 
-On a CPU each batch size runs ``python -m klteach bench`` in a fresh process, so memory the
+On a CPU each batch size runs in a fresh process of this script, so memory the
 allocator kept from a previous batch size cannot hide or inflate a figure; the figure is the
 peak resident set size during the timed steps (dataset, Python and torch included), and the
 resident set before them is recorded beside it.
@@ -31,7 +31,7 @@ import torch
 
 from klteach.bench import busy_note, environment, measure_throughput
 from klteach.data import load_dataset
-from klteach.train import Trainer, TrainConfig, resolve_device, write_json_atomic
+from klteach.train import TrainConfig, Trainer, resolve_device, write_json_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parent.parent
@@ -63,16 +63,23 @@ def measure_on_gpu(args: argparse.Namespace, device: torch.device) -> list[dict]
     return rows
 
 
+def measure_one_batch_size(args: argparse.Namespace) -> None:
+    """``--one-batch B``: time batch size B in this (fresh) process and write the figures to ``--out``."""
+    config = TrainConfig(dataset=args.dataset, arch=args.arch, batch_size=args.one_batch, device="cpu",
+                         normaliser=args.normaliser, eval_every=0, compile=args.compile,
+                         steps=args.warmup + args.steps, data_dir=args.data_dir)
+    write_json_atomic(args.out, measure_throughput(Trainer(config), args.steps, args.warmup))
+
+
 def measure_on_cpu(args: argparse.Namespace) -> list[dict]:
-    """Every batch size in a fresh ``python -m klteach bench`` process."""
+    """Every batch size in a fresh process (this script with ``--one-batch``)."""
     rows = []
     for batch in args.batch_sizes:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "bench.json"
-            command = [sys.executable, "-m", "klteach", "bench", "--dataset", args.dataset,
-                       "--arch", args.arch, "--batch-size", str(batch), "--normaliser", args.normaliser,
-                       "--bench-steps", str(args.steps), "--warmup", str(args.warmup),
-                       "--device", "cpu", "--json", str(out)]
+            command = [sys.executable, __file__, "--one-batch", str(batch), "--dataset", args.dataset,
+                       "--arch", args.arch, "--normaliser", args.normaliser,
+                       "--steps", str(args.steps), "--warmup", str(args.warmup), "--out", str(out)]
             if args.data_dir:
                 command += ["--data-dir", args.data_dir]
             if args.compile:
@@ -110,7 +117,11 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--one-batch", type=int, default=None, help=argparse.SUPPRESS)  # a CPU child process
     args = parser.parse_args()
+    if args.one_batch is not None:
+        measure_one_batch_size(args)
+        return
     device = resolve_device(args.device)
     on_gpu = device.type == "cuda"
     args.arch = args.arch or ("resnet18" if on_gpu else "cnn")

@@ -25,11 +25,18 @@ from pathlib import Path
 import torch
 
 from klteach import theory
-from klteach.bench import (CIFAR10_TRAIN_IMAGES, busy_note, environment, forward_flops_per_image,
-                           measure_full_prior, step_flops_per_image, synchronize)
+from klteach.bench import (
+    CIFAR10_TRAIN_IMAGES,
+    busy_note,
+    environment,
+    forward_flops_per_image,
+    measure_full_prior,
+    step_flops_per_image,
+    synchronize,
+)
 from klteach.data import Dataset, load_dataset, to_float
 from klteach.models import build_model
-from klteach.train import Trainer, TrainConfig, resolve_device, write_json_atomic
+from klteach.train import TrainConfig, Trainer, resolve_device, write_json_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results"
 H100_BF16_DENSE_PEAK = 989e12

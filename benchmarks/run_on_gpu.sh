@@ -4,12 +4,20 @@
 #   OUT=/some/dir bash benchmarks/run_on_gpu.sh [CIFAR10_SOURCE]
 #
 # CIFAR10_SOURCE: the cifar10-jpg.tar.gz of ../shared/data (default .gpu-data/cifar10-jpg.tar.gz,
-# a copy carried to a machine that cannot reach ../shared), or "cifar10" to use the official
-# archive in data/ or $KLTEACH_DATA. The machine needs no network.
+# a copy carried to a machine that cannot reach ../shared), or a dataset name or folder that
+# klteach loads directly ("cifar10" for the official archive in data/ or $KLTEACH_DATA). The
+# machine needs no network.
+#
+# A dry run on a CPU with tiny settings (proves every step runs end to end; about 10 minutes on
+# a loaded 2-core machine):
+#   OUT=/tmp/dry DEVICE=cpu ARCH=cnn BATCH=16 BATCHES="8 16" BENCH_STEPS=2 WARMUP=1 \
+#     QUALITY_MINUTES=0.2 QUALITY_ARGS="--eval-size 500 --calibrate-steps 4 --warmup-steps 4 --clusters 10" \
+#     COMPILE=0 bash benchmarks/run_on_gpu.sh cifar10-sample
 #
 # Writes at most 8 files, all directly in $OUT (what a device lease hands back):
 #   log.txt                   everything printed, with nvidia-smi
-#   bench.json                python -m klteach bench: ResNet-18, batch 512, eager
+#   bench.json                python -m klteach bench: ResNet-18, batch 512, eager: images/s, s/epoch,
+#                             peak memory, FLOPs per image and MFU, overhead against a plain PyTorch loop
 #   bench_compile.json        the same with --compile (last; skipped if time is short)
 #   memory_vs_batch_cuda.json peak memory and images/s for batch 128..2048
 #   sync_check.json           host-device syncs inside Trainer.step, by source line
@@ -24,6 +32,14 @@ mkdir -p "$OUT"
 LOG=$OUT/log.txt
 TOTAL_SECONDS=${TOTAL_SECONDS:-540}
 QUALITY_MINUTES=${QUALITY_MINUTES:-1.5}
+DEVICE=${DEVICE:-cuda}
+ARCH=${ARCH:-resnet18}
+BATCH=${BATCH:-512}
+BATCHES=${BATCHES:-128 256 512 1024 2048}
+BENCH_STEPS=${BENCH_STEPS:-50}
+WARMUP=${WARMUP:-10}
+QUALITY_ARGS=${QUALITY_ARGS:-}
+COMPILE=${COMPILE:-1}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 SOURCE=${1:-.gpu-data/cifar10-jpg.tar.gz}
@@ -46,28 +62,36 @@ step() {
 }
 
 log "klteach GPU benchmarks, commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
-nvidia-smi 2>&1 | tee -a "$LOG"
-$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" 2>&1 | tee -a "$LOG"
+if [[ $DEVICE == cuda ]]; then
+    nvidia-smi 2>&1 | tee -a "$LOG"
+fi
+$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda,
+      torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')" 2>&1 | tee -a "$LOG"
 
-if [[ $SOURCE == cifar10 ]]; then
-    DATASET=cifar10
-else
+if [[ $SOURCE == *.tar.gz ]]; then
     DATA_ROOT=${TMPDIR:-/tmp}/klteach-data
     mkdir -p "$DATA_ROOT"
     tar -xzf "$SOURCE" -C "$DATA_ROOT" || { log "cannot extract $SOURCE"; exit 2; }
     DATASET=$DATA_ROOT/cifar10-jpg
+else
+    DATASET=$SOURCE
 fi
-log "dataset: $DATASET"
+log "dataset: $DATASET, device: $DEVICE, arch: $ARCH, batch: $BATCH"
 
-step bench 120 $PY -m klteach bench --dataset "$DATASET" --arch resnet18 --batch-size 512 \
-    --bench-steps 50 --warmup 10 --device cuda --json "$OUT/bench.json"
-step memory 120 $PY benchmarks/memory_vs_batch.py --dataset "$DATASET" --arch resnet18 --device cuda \
-    --batch-sizes 128 256 512 1024 2048 --steps 5 --warmup 3 --out "$OUT/memory_vs_batch_cuda.json"
-step sync 90 $PY benchmarks/gpu_sync_check.py --dataset "$DATASET" --json "$OUT/sync_check.json"
-step prior 120 $PY benchmarks/prior_cost.py --case "$DATASET:resnet18" --device cuda --repeats 3 \
-    --out "$OUT/prior_cost_cuda.json"
+# BATCHES and QUALITY_ARGS are lists of words: left unquoted on purpose
+step bench 120 $PY -m klteach bench --dataset "$DATASET" --arch "$ARCH" --batch-size "$BATCH" \
+    --bench-steps "$BENCH_STEPS" --warmup "$WARMUP" --device "$DEVICE" --json "$OUT/bench.json"
+step memory 120 $PY benchmarks/memory_vs_batch.py --dataset "$DATASET" --arch "$ARCH" --device "$DEVICE" \
+    --batch-sizes $BATCHES --steps 5 --warmup 3 --out "$OUT/memory_vs_batch_$DEVICE.json"
+if [[ $DEVICE == cuda ]]; then
+    step sync 90 $PY benchmarks/gpu_sync_check.py --dataset "$DATASET" --json "$OUT/sync_check.json"
+fi
+step prior 120 $PY benchmarks/prior_cost.py --case "$DATASET:$ARCH" --device "$DEVICE" --repeats 3 \
+    --out "$OUT/prior_cost_$DEVICE.json"
 step quality 300 $PY benchmarks/gpu_full.py --dataset "$DATASET" --minutes "$QUALITY_MINUTES" --evals 3 \
-    --calibrate-steps 30 --warmup-steps 100 --out-dir "$OUT"
-step bench-compile 200 $PY -m klteach bench --dataset "$DATASET" --arch resnet18 --batch-size 512 \
-    --bench-steps 50 --warmup 10 --device cuda --compile --json "$OUT/bench_compile.json"
+    --calibrate-steps 30 --warmup-steps 100 --arch "$ARCH" --device "$DEVICE" $QUALITY_ARGS --out-dir "$OUT"
+if [[ $COMPILE == 1 ]]; then
+    step bench-compile 200 $PY -m klteach bench --dataset "$DATASET" --arch "$ARCH" --batch-size "$BATCH" \
+        --bench-steps "$BENCH_STEPS" --warmup "$WARMUP" --device "$DEVICE" --compile --json "$OUT/bench_compile.json"
+fi
 log "done after ${SECONDS}s; files: $(ls "$OUT" | tr '\n' ' ')"

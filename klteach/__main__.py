@@ -10,14 +10,14 @@ On several GPUs (or CPU processes): ``torchrun --nproc-per-node N -m klteach tra
 from __future__ import annotations
 
 import argparse
-import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import checkpoint, config, coursework, site
+from . import checkpoint, config, coursework, metrics, site
 from .config import TrainConfig, setting_info, setting_names, with_changes
 from .dist import is_main
 from .train import Trainer, TrainingError
@@ -41,8 +41,10 @@ def add_setting_flags(parser: argparse.ArgumentParser, defaults: TrainConfig) ->
             parser.add_argument(*flags, dest=name, action="store_const", const=not default,
                                 default=argparse.SUPPRESS, help=f"{info.help} (sets {name}={not default})")
         else:
+            allowed = "" if allowed == "a string" else f"; {allowed}"
+            default_text = "" if default is None else f" (default: {default})"
             parser.add_argument(*flags, dest=name, default=argparse.SUPPRESS, metavar=name.upper(),
-                                help=f"{info.help}; {allowed} (default: {default})")
+                                help=f"{info.help}{allowed}{default_text}")
 
 
 def typed_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -66,6 +68,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if settings.out:
             check_out_folder(settings.out, args.overwrite)
         trainer = Trainer(settings)
+        if settings.out and args.overwrite and is_main():    # only once the new run could be built
+            checkpoint.clear_run(settings.out)
     start = time.perf_counter()
     try:
         trainer.run(progress=True)
@@ -84,14 +88,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def check_out_folder(out: str, overwrite: bool) -> None:
-    """Refuse an ``--out`` folder that holds a previous run unless ``--overwrite`` (then its run
-    files, and only those, are removed first)."""
+    """Refuse an ``--out`` folder that holds a previous run unless ``--overwrite``."""
     files = checkpoint.run_files_in(out)
     if files and not overwrite:
         raise ValueError(f"--out {out} already holds a run ({', '.join(files)}); continue it with --resume "
                          "or start again with --overwrite")
-    if files and int(os.environ.get("RANK", "0")) == 0:   # under torchrun rank 0 alone removes them
-        checkpoint.clear_run(out)
 
 
 def resumed_trainer(typed: dict[str, Any]) -> Trainer:
@@ -110,8 +111,6 @@ def resumed_trainer(typed: dict[str, Any]) -> Trainer:
                             for name in conflicts)
         raise ValueError("--resume continues the saved run with its own settings; only --steps, --epochs "
                          f"and result-neutral settings may change, but these differ from it: {changes}")
-    if "steps" in typed and "epochs" not in typed:
-        typed = {**typed, "epochs": None}          # --steps replaces a run's --epochs
     trainer = Trainer.resume(path, state=state, **typed)
     if trainer.step_count >= trainer.config.steps:
         raise ValueError(f"--resume: the checkpoint is already at step {trainer.step_count} of "
@@ -122,7 +121,7 @@ def resumed_trainer(typed: dict[str, Any]) -> Trainer:
 def report_stop(trainer: Trainer) -> int:
     """Say where a stopped run stands and how to continue it; the exit status is 128 + the signal
     (130 for Ctrl-C, 143 for SIGTERM)."""
-    signum = trainer.interrupted or 2
+    signum = trainer.interrupted or signal.SIGINT
     if is_main():
         where = f"stopped at step {trainer.step_count} of {trainer.config.steps}"
         out = trainer.config.out
@@ -146,10 +145,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
                           seed=args.seed, device=args.device, eval_every=0)
         trainer.run()
         r = trainer.history[-1]
-        verdict = {"one-cluster": "COLLAPSED to one cluster", "uniform": "COLLAPSED to uniform output"}
         print(f"{name:<14}{r['effective_clusters']:>14.1f}{r['clusters_used']:>6}{r['mean_entropy']:>9.2f}"
               f"{r['knn_accuracy']:>7.3f}{r['nmi']:>7.3f}{time.perf_counter() - start:>8.1f}  "
-              f"{verdict.get(r['collapse'], 'ok')}")
+              f"{metrics.describe_collapse(r['collapse'])}")
     return 0
 
 

@@ -28,6 +28,7 @@ import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -38,7 +39,7 @@ import torch
 
 from . import data as data_lib
 from .checkpoint import write_json_atomic
-from .config import TrainConfig, resolve_device
+from .config import Device, TrainConfig, resolve_device
 from .models import ClusteringModel, count_parameters
 from .normalisers import make_normaliser
 from .train import Trainer
@@ -76,6 +77,20 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def git_commit() -> str | None:
+    """The commit of the klteach checkout (``+dirty`` when tracked files were modified), or None
+    outside a git checkout: which code produced a recorded figure."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+dirty" if dirty else "")
+
+
 def device_name(device: torch.device) -> str:
     """``torch.cuda.get_device_name`` for a GPU; CPU model and core count for a CPU."""
     if device.type == "cuda":
@@ -90,6 +105,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "python": platform.python_version(), "platform": platform.platform(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "nproc": usable_cores(), "cpu": cpu_model(), "torch_threads": torch.get_num_threads(),
+        "git_commit": git_commit(),
     }
     if hasattr(os, "getloadavg"):
         info["load_average_1min"] = round(os.getloadavg()[0], 2)
@@ -158,11 +174,12 @@ def current_memory_bytes(device: torch.device) -> int | None:
 # ---------------------------------------------------------------- measurements
 
 def timed_steps(trainer: Trainer, steps: int) -> float:
-    """Wall-clock seconds for ``steps`` training steps, synchronised at both ends."""
+    """Wall-clock seconds for ``steps`` training steps, synchronised at both ends (``train_step``:
+    the loss stays on the device, as in ``Trainer.run``)."""
     synchronize(trainer.device)
     start = time.perf_counter()
     for _ in range(steps):
-        trainer.step()
+        trainer.train_step()
     synchronize(trainer.device)
     return time.perf_counter() - start
 
@@ -172,7 +189,7 @@ def measure_throughput(trainer: Trainer, steps: int, warmup: int) -> dict[str, A
     _check_count(steps, "bench_steps", 1)
     _check_count(warmup, "warmup", 0)
     for _ in range(warmup):
-        trainer.step()
+        trainer.train_step()
     synchronize(trainer.device)
     memory_before = current_memory_bytes(trainer.device)
     memory_method = reset_peak_memory(trainer.device)
@@ -235,7 +252,7 @@ def step_flops_per_image(trainer: Trainer) -> int:
 
     counter = FlopCounterMode(display=False)
     with counter:
-        trainer.step()
+        trainer.train_step()
     return counter.get_total_flops() // trainer.config.batch_size
 
 
@@ -309,10 +326,12 @@ class PlainLoop:
         cfg = self.config
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             with torch.no_grad():
-                z_teacher = self.teacher.embed(views).float()
-                q = self.normaliser(z_teacher, self.teacher.prototypes.unit_weights, cfg.tau_teacher)
-            z_student = self.student.embed(views).float()
-            log_p = (z_student @ self.student.prototypes.unit_weights.T / cfg.tau_student).log_softmax(-1)
+                z_teacher = self.teacher.embed(views)
+            z_student = self.student.embed(views)
+        # logits, normaliser and loss in float32, as the trainer computes them
+        with torch.no_grad():
+            q = self.normaliser(z_teacher.float(), self.teacher.prototypes.unit_weights, cfg.tau_teacher)
+        log_p = (z_student.float() @ self.student.prototypes.unit_weights.T / cfg.tau_student).log_softmax(-1)
         q_a, q_b = q.chunk(2)
         log_p_a, log_p_b = log_p.chunk(2)
         return -((q_a * log_p_b).sum(-1).mean() + (q_b * log_p_a).sum(-1).mean()) / 2
@@ -359,7 +378,7 @@ def torch_threads(threads: int) -> Iterator[None]:
 
 def compare_with_plain_loop(trainer: Trainer, steps: int, warmup: int,
                             threads: Sequence[int]) -> list[dict[str, Any]]:
-    """images/s of ``trainer.step()`` against :class:`PlainLoop` with each number of CPU threads.
+    """images/s of ``trainer.train_step()`` against :class:`PlainLoop` with each number of CPU threads.
 
     After ``warmup`` untimed steps of each, the two alternate step by step on a CPU (so a change
     in the machine's load hits both alike) and in blocks of ``steps`` on a GPU (a sync per step
@@ -374,11 +393,11 @@ def compare_with_plain_loop(trainer: Trainer, steps: int, warmup: int,
         _check_count(count, "threads", 1)
         with torch_threads(count):
             load_before = _load_average()
-            time_steps(trainer.step, warmup, trainer.device)
+            time_steps(trainer.train_step, warmup, trainer.device)
             time_steps(plain.step, warmup, trainer.device)
             library, plain_time = [0.0, 0.0], [0.0, 0.0]
             for _ in range(steps // block):
-                for total, step in ((library, trainer.step), (plain_time, plain.step)):
+                for total, step in ((library, trainer.train_step), (plain_time, plain.step)):
                     wall, cpu = time_steps(step, block, trainer.device)
                     total[0] += wall
                     total[1] += cpu
@@ -405,7 +424,7 @@ FORWARDS_PER_IMAGE = 8
 forward + backward of about 2 forwards); ``tests/test_bench.py`` checks it with FLOP counts."""
 
 
-def default_config(device: str = "auto") -> TrainConfig:
+def default_config(device: Device = "auto") -> TrainConfig:
     """The configuration ``python -m klteach bench`` times on ``device`` (``auto``, ``cpu`` or
     ``cuda``). On a GPU: ResNet-18 at batch 512 on the full CIFAR-10, chapter 5's setting. On a
     CPU: the small CNN on the shipped sample, about a minute in all on two idle cores (one
@@ -549,6 +568,6 @@ def run_benchmark(config: TrainConfig, *, bench_steps: int | None = None, warmup
 __all__ = ["run_benchmark", "default_config", "benchmark", "measure_throughput", "measure_full_prior",
            "compare_with_plain_loop", "PlainLoop", "model_flops_utilisation", "measure_matmul_tflops",
            "datasheet_tflops", "estimate_step_seconds", "default_threads", "forward_flops_per_image",
-           "step_flops_per_image", "timed_steps", "synchronize", "reset_peak_memory", "peak_memory_bytes",
+           "step_flops_per_image", "git_commit", "timed_steps", "synchronize", "reset_peak_memory", "peak_memory_bytes",
            "current_memory_bytes", "device_name", "environment", "format_report", "busy_note",
            "CIFAR10_TRAIN_IMAGES", "VIEWS_PER_IMAGE"]

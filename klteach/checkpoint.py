@@ -298,6 +298,8 @@ def resumed_config(path: str | os.PathLike, state: dict[str, Any], overrides: di
     if conflicts:
         raise ValueError(f"a resumed run keeps its settings; only {', '.join(RESUME_MAY_CHANGE)} and "
                          f"result-neutral settings may change, not {', '.join(conflicts)}")
+    if "steps" in overrides and "epochs" not in overrides:
+        overrides = {**overrides, "epochs": None}      # a new planned total replaces the one epochs gave
     return with_changes(config, overrides)
 
 

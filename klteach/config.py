@@ -27,26 +27,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 
 from . import dist
+from .data import DATASETS, Dataset
+from .models import Architecture
+from .normalisers import NormaliserName, PriorMode
 
-if TYPE_CHECKING:
-    from .data import Dataset
-
-# the choices named by type; klteach.normalisers/models check that they agree (tests/test_config.py)
-NormaliserName = Literal["none", "inverse-prior", "centering", "batchnorm", "sinkhorn"]
-PriorMode = Literal["batch", "running", "full"]
-Architecture = Literal["auto", "mlp", "cnn", "resnet18"]
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "float32", "bfloat16"]
 LrSchedule = Literal["constant", "cosine"]
 Kind = Literal["live", "restart", "fixed"]
 KINDS: tuple[Kind, ...] = ("live", "restart", "fixed")
-DATASET_NAMES = ("toy", "digits", "cifar10", "cifar10-sample")
-"""Datasets known by name (see :func:`klteach.data.load_dataset`); anything else is a folder."""
 MAX_CLUSTERS = 100_000
 MAX_DIM = 4096
 MAX_SEED = 2**32 - 1
@@ -95,7 +89,8 @@ class TrainConfig:
                                          "inverse priors (eq. 14-16), DINO's centering (eq. 23), ...", "live")
     clusters: int = setting(20, "number of clusters K", "restart", low=2, high=MAX_CLUSTERS,
                             flags=("--clusters", "-K"), symbol="K")
-    steps: int = setting(1000, "training steps in all (the planned total)", "fixed", low=0)
+    steps: int = setting(1000, "training steps in all (the planned total; the cosine schedule ends there)",
+                         "live", low=0)
     epochs: float | None = setting(None, "train this many passes over the training set (overrides --steps)",
                                    "fixed", low=0, low_open=True)
     seed: int = setting(0, "seed of the model's initialisation and of the augmentation", "restart",
@@ -104,14 +99,14 @@ class TrainConfig:
                                  log_scale=True)
     tau_teacher: float = setting(0.04, "teacher temperature τ of eq. (7)", "live", low=0, low_open=True,
                                  log_scale=True)
-    momentum: float = setting(0.9, "the teacher's EMA momentum (eq. 7), in [0, 1)", "live", **MOMENTUM)
+    momentum: float = setting(0.9, "the teacher's EMA momentum (eq. 7)", "live", **MOMENTUM)
     copy_every: int = setting(0, "copy the student into the teacher every T steps (eq. 7) instead of the "
                               "EMA; 0 = EMA", "live", low=0)
     prior: PriorMode = setting("running", "where the inverse prior's π comes from (eq. 15): the batch, a "
                                "running average, or the full training set", "live")
     prior_every: int = setting(0, "steps between whole-set prior estimates (--prior full); 0 = once per epoch",
                                "live", low=0)
-    lam: float = setting(1.0, "strength λ of the inverse prior (eq. 14), >= 0", "live", low=0)
+    lam: float = setting(1.0, "strength λ of the inverse prior (eq. 14)", "live", low=0)
     batch_size: int = setting(256, "images per step (each gives two views)", "restart", low=2)
     lr: float = setting(1e-3, "AdamW learning rate", "live", low=0, low_open=True, log_scale=True)
     weight_decay: float = setting(1e-4, "AdamW weight decay", "live", low=0)
@@ -133,8 +128,10 @@ class TrainConfig:
     arch: Architecture = setting("auto", "backbone; auto = ResNet-18 for 32x32 images on a GPU, else MLP "
                                  "(vectors, small images) or the small CNN", "restart")
     dim: int = setting(64, "embedding dimension D", "restart", low=2, high=MAX_DIM)
-    learnable_prototypes: bool = setting(True, "learn the weight vectors w_k (--fixed-prototypes keeps them "
-                                         "as drawn)", "restart",
+    width: int = setting(32, "channels of the small CNN's first stage (arch cnn; 16 costs a quarter of 32)",
+                         "restart", low=1, high=1024)
+    learnable_prototypes: bool = setting(True, "learn the weight vectors w_k; --fixed-prototypes keeps them "
+                                         "at their random start", "restart",
                                          flags=("--fixed-prototypes",))
     centred_prototypes: bool = setting(False, "centre the weight vectors (eq. 20)", "restart")
     student_batchnorm: bool = setting(False, "batch-normalise the student's embeddings too (section 5 warns "
@@ -290,7 +287,7 @@ def _number(bound: float | None, kind: type) -> str:
 def is_folder_path(dataset: str) -> bool:
     """True when ``dataset`` names an image folder rather than a dataset known by name (the rule
     of :func:`klteach.data.load_dataset`)."""
-    return dataset not in DATASET_NAMES and (os.sep in dataset or Path(dataset).exists())
+    return dataset not in DATASETS and (os.sep in dataset or Path(dataset).exists())
 
 
 def dataset_location(dataset: str) -> str:
@@ -383,5 +380,5 @@ def same_dataset(saved: str, current: str) -> bool:
 __all__ = ["TrainConfig", "SettingInfo", "setting_info", "settings_of_kind", "setting_names",
            "neutral_settings", "convert", "describe_allowed", "with_changes", "config_from_dict",
            "resume_conflicts", "dataset_location", "is_folder_path", "NormaliserName", "PriorMode",
-           "Architecture", "Precision", "Kind", "KINDS", "validate_config", "resolve_device",
+           "Architecture", "Device", "Precision", "LrSchedule", "Kind", "KINDS", "validate_config", "resolve_device",
            "check_batch_size", "same_dataset"]

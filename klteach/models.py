@@ -290,8 +290,9 @@ def check_architecture(arch: str) -> Architecture:
     return cast(Architecture, arch)
 
 
-def build_backbone(arch: Architecture, input_shape: Sequence[int]) -> MLP | SmallCNN | ResNet18Cifar:
-    """The backbone named by ``arch`` (one of :data:`ARCHITECTURES`) for inputs of ``input_shape``."""
+def build_backbone(arch: Architecture, input_shape: Sequence[int], width: int = 32) -> MLP | SmallCNN | ResNet18Cifar:
+    """The backbone named by ``arch`` (one of :data:`ARCHITECTURES`) for inputs of ``input_shape``;
+    ``width`` is the first stage's channels of :class:`SmallCNN` (other backbones ignore it)."""
     arch = check_architecture(arch)
     shape = _check_input_shape(input_shape)
     if arch == "auto":
@@ -301,22 +302,23 @@ def build_backbone(arch: Architecture, input_shape: Sequence[int]) -> MLP | Smal
     if len(shape) != 3:
         raise ValueError(f"arch {arch!r} needs image input (C, H, W); got input_shape {shape!r}; "
                          f"use arch 'mlp' or 'auto' for vectors")
-    return SmallCNN(shape[0]) if arch == "cnn" else ResNet18Cifar(shape[0])
+    return SmallCNN(shape[0], width) if arch == "cnn" else ResNet18Cifar(shape[0])
 
 
 def build_model(arch: Architecture, input_shape: Sequence[int], clusters: int, dim: int = 64,
                 hidden: int = 512, learnable_prototypes: bool = True,
-                centred_prototypes: bool = False) -> ClusteringModel:
+                centred_prototypes: bool = False, width: int = 32) -> ClusteringModel:
     """Backbone for ``input_shape`` + :class:`ProjectionHead` to ``dim`` + K = ``clusters`` prototypes.
 
     ``arch``: ``"mlp"``, ``"cnn"`` (:class:`SmallCNN`), ``"resnet18"`` (:class:`ResNet18Cifar`)
     or ``"auto"`` (:func:`choose_architecture`). ``input_shape`` is one sample's shape without
     the batch axis: ``(3,)`` toy vectors, ``(1, 8, 8)`` digits, ``(3, 32, 32)`` CIFAR-10.
-    ``hidden`` is the projection head's hidden width. Initialisation draws from torch's
+    ``hidden`` is the projection head's hidden width; ``width`` the channels of the first stage of
+    :class:`SmallCNN` (``arch="cnn"``; 16 costs a quarter of 32). Initialisation draws from torch's
     global generator, so ``torch.manual_seed`` makes it repeatable.
     """
     prototypes = Prototypes(dim, clusters, learnable_prototypes, centred_prototypes)
-    backbone = build_backbone(arch, input_shape)
+    backbone = build_backbone(arch, input_shape, width)
     head = ProjectionHead(backbone.out_features, hidden, dim)
     return ClusteringModel(backbone, head, prototypes)
 

@@ -26,16 +26,17 @@ Callback = Callable[[dict[str, Any]], Any]
 
 def run(trainer: Trainer, steps: int | None = None, callback: Callback | None = None, progress: bool = False,
         should_stop: Callable[[], bool] | None = None) -> list[dict[str, Any]]:
-    """Take ``steps`` steps (default: the rest of ``config.steps``), evaluating every
-    ``eval_every`` steps and at the end; ``callback(metrics)`` sees each evaluation. Afterwards
-    ``trainer.interrupted`` is the signal that stopped the run, or None. Returns the history."""
-    steps = trainer.config.steps - trainer.step_count if steps is None else steps
+    """Take ``steps`` steps (default: until ``config.steps``, also when :meth:`Trainer.set`
+    changes it during the run), evaluating every ``eval_every`` steps and at the end;
+    ``callback(metrics)`` sees each evaluation. Afterwards ``trainer.interrupted`` is the signal
+    that stopped the run, or None. Returns the history."""
     out = None
     if trainer.config.out and dist.is_main():
         out = checkpoint.open_run_folder(trainer.config.out, trainer.config.to_dict())
-    with StopOnInterrupt() as interrupt, _progress_bar(steps, progress and dist.is_main()) as bar:
+    total = trainer.config.steps - trainer.step_count if steps is None else steps
+    with StopOnInterrupt() as interrupt, _progress_bar(max(0, total), progress and dist.is_main()) as bar:
         try:
-            _take_steps(trainer, max(0, steps), interrupt, should_stop, callback, out, bar)
+            _take_steps(trainer, steps, interrupt, should_stop, callback, out, bar)
             if not trainer.history or trainer.history[-1]["step"] != trainer.step_count:
                 if interrupt.requested:
                     save(trainer, out)     # first: a scheduler's SIGTERM may soon be followed by SIGKILL
@@ -49,13 +50,15 @@ def run(trainer: Trainer, steps: int | None = None, callback: Callback | None = 
     return trainer.history
 
 
-def _take_steps(trainer: Trainer, steps: int, interrupt: StopOnInterrupt, should_stop: Callable[[], bool] | None,
+def _take_steps(trainer: Trainer, steps: int | None, interrupt: StopOnInterrupt, should_stop: Callable[[], bool] | None,
                 callback: Callback | None, out: Path | None, bar: Any) -> None:
+    taken = 0
     try:
-        for _ in range(steps):
+        while taken < steps if steps is not None else trainer.step_count < trainer.config.steps:
             if dist.any_rank(interrupt.requested or bool(should_stop and should_stop())):
                 return
             trainer.train_step()
+            taken += 1
             bar.update(1)
             every = trainer.config.eval_every
             if every and trainer.step_count % every == 0:

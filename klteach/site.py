@@ -126,9 +126,19 @@ def plotly_html(figure: dict, div_id: str) -> str:
             f'<script>Plotly.newPlot("{div_id}", {script});</script>')
 
 
+WIDGET_NOTE = "A live widget: open this chapter in JupyterLab to use it."
+
+
+def widget_figure_html(figure: dict, div_id: str) -> str:
+    """A live widget saved with its figure's JSON (the dashboards and explorers save one,
+    :class:`klteach.display.StaticCopy`): that figure, interactive, with the note."""
+    return (f'<figure class="klteach-widget">{plotly_html(figure, div_id)}'
+            f'<figcaption>{WIDGET_NOTE} Above: its figure as the chapter was recorded.</figcaption></figure>')
+
+
 def widget_html(data: dict) -> str:
     """A live widget's saved picture (``image/png`` or ``image/svg+xml`` in its output), or a note."""
-    note = "A live widget: open this chapter in JupyterLab to use it."
+    note = WIDGET_NOTE
     if "image/png" in data:
         source = "data:image/png;base64," + "".join(str(data["image/png"]).split())
     elif "image/svg+xml" in data:
@@ -151,7 +161,10 @@ def static_outputs(notebook: Any) -> Any:
             data = output.get("data")
             if not data:
                 continue
-            if PLOTLY_MIME in data:
+            if WIDGET_MIME in data and PLOTLY_MIME in data:
+                count += 1
+                output["data"] = {"text/html": widget_figure_html(data[PLOTLY_MIME], f"klteach-plot-{count}")}
+            elif PLOTLY_MIME in data:
                 count += 1
                 output["data"] = {"text/html": plotly_html(data[PLOTLY_MIME], f"klteach-plot-{count}")}
             elif WIDGET_MIME in data:

@@ -130,16 +130,15 @@ class Trainer:
             model = build_model(arch, tuple(dataset.train.shape[1:]), config.clusters, dim=config.dim,
                                 hidden=256 if small_input else 512,
                                 learnable_prototypes=config.learnable_prototypes,
-                                centred_prototypes=config.centred_prototypes)
+                                centred_prototypes=config.centred_prototypes, width=config.width)
         model = model.to(self.device, torch.float32)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # not in torch's stubs
         return dist.sync_batchnorm(model, self.device)   # batch statistics of the global batch
 
     def _make_normaliser(self, config: TrainConfig) -> Normaliser:
-        # momenta by position: the keyword for the centre's momentum is being renamed (centre_momentum)
-        return make_normaliser(config.normaliser, config.clusters, config.lam, config.prior,
-                               config.prior_momentum, config.centre_momentum).to(self.device, torch.float32)
+        return make_normaliser(config.normaliser, config.clusters, config.lam, config.prior, config.prior_momentum,
+                               config.centre_momentum).to(self.device, torch.float32)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """The networks' precision: bfloat16 autocast (``precision``: auto on a GPU, or bfloat16), else none."""
@@ -175,6 +174,8 @@ class Trainer:
         if not changes:
             return
         config = with_changes(self.config, changes)
+        if "steps" in changes:       # a new planned total replaces the one --epochs gave
+            config = with_changes(config, {"epochs": None})
         restart = any(name in RESTART_SETTINGS and value != getattr(self.config, name)
                       for name, value in changes.items())
         event = {"step": self.step_count, "event": "set", "changes": changes, "restart": restart}

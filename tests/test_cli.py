@@ -61,22 +61,41 @@ def test_resume_without_steps_continues_to_the_planned_total_and_may_change_neut
     assert again.returncode == 2 and "already at step 6 of 6; ask for more with --steps" in again.stderr
 
 
-def test_an_image_folder_may_move_between_a_stop_and_a_resume(tmp_path):
+def photos(folder):
+    """A tiny image folder ROOT/{train,test}/{cat,dog}/*.png and a run on it stopped at step 2 of 4."""
     from PIL import Image
-    folder = tmp_path / "photos"
     for split in ("train", "test"):
         for index, name in enumerate(("cat", "dog")):
             (folder / split / name).mkdir(parents=True)
             for i in range(4):
                 Image.new("RGB", (8, 8), (60 * index + i, 20, 30)).save(folder / split / name / f"{i}.png")
-    run = Trainer(TrainConfig(dataset=str(folder), clusters=2, batch_size=4, device="cpu", steps=4, eval_every=2,
-                              eval_size=8, out=str(tmp_path / "run")))
-    run.run(2)
+    out = folder.parent / "run"
+    Trainer(TrainConfig(dataset=str(folder), clusters=2, batch_size=4, device="cpu", steps=4, eval_every=2,
+                        eval_size=8, out=str(out))).run(2)
+    return out
+
+
+def test_an_image_folder_may_move_between_a_stop_and_a_resume(tmp_path):
+    folder = tmp_path / "photos"
+    photos(folder)
     moved = folder.rename(tmp_path / "moved")
     done = run_cli("train", "--out", str(tmp_path / "run"), "--resume", "--dataset", str(moved))
     assert done.returncode == 0, done.stderr
     assert checkpoint_step(tmp_path / "run") == 4
     assert read_checkpoint(tmp_path / "run" / "checkpoint.pt")["config"]["dataset"] == str(moved)
+
+
+def test_resume_after_the_images_changed_is_refused_naming_the_change(tmp_path, monkeypatch):
+    out = photos(tmp_path / "photos")
+    (tmp_path / "photos" / "train" / "dog" / "0.png").rename(tmp_path / "photos" / "train" / "cat" / "9.png")
+    (tmp_path / "photos" / "train" / "cat" / "8.png").write_bytes((tmp_path / "photos" / "train" / "cat" /
+                                                                   "9.png").read_bytes())
+    monkeypatch.chdir(tmp_path)                       # the checkpoint holds the folder's absolute path
+    done = run_cli("train", "--out", "run", "--resume")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert ("error: the dataset changed since the checkpoint was written: 1 file(s) added (16 → 17 files): "
+            "2 added in train/cat, 1 removed from train/dog") in done.stderr
+    assert checkpoint_step(out) == 2
 
 
 # ---------------------------------------------------------------- stopping with a signal
@@ -230,6 +249,20 @@ def test_an_error_starts_on_its_own_line_not_on_the_progress_bar(tmp_path):
     lines = [line for line in done.stderr.splitlines() if "error:" in line]
     assert lines and all(line.startswith("error: ") for line in lines), done.stderr
     assert f"error: cannot write to --out {tmp_path / 'taken'}: file exists" in done.stderr
+
+
+# ---------------------------------------------------------------- the demo
+
+def test_the_demo_never_calls_a_run_that_uses_one_cluster_ok():
+    done = run_cli("demo", "--steps", "0")
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines()[3:]]
+    assert len(rows) == 5
+    for row in rows:
+        used, verdict = int(row[2]), " ".join(row[7:])
+        assert verdict in ("healthy", "partial collapse", "one-cluster collapse", "uniform collapse"), row
+        if used == 1:
+            assert verdict != "healthy", row
 
 
 # ---------------------------------------------------------------- damaged checkpoints

@@ -73,6 +73,7 @@ def test_every_saved_figure_is_drawn_from_its_own_json_by_one_copy_of_plotly_js(
         assert drawn == figures, f"{path.name}: the page does not draw the saved figures"
         assert page.count('<script src="static/plotly.min.js"></script>') == 1
         pictures = sum("image/png" in output["data"] and static.WIDGET_MIME in output["data"]
+                       and static.PLOTLY_MIME not in output["data"]       # saved with its figure: that is drawn
                        for _, output in static.rich_outputs(student_edition(path)))
         outside_figures = re.sub(r'Plotly\.newPlot\(.*?\);</script>', "", page)   # a figure may hold an image
         assert outside_figures.count("data:image/png") == pictures       # figures are drawn, not pictures
@@ -209,6 +210,21 @@ def test_a_widget_shows_its_saved_picture_or_a_note(tmp_path):
     assert "No picture of it was saved" in page
     assert "VBox()" not in page
     assert len(drawn_figures(page)) == 1
+
+
+def test_a_widget_saved_with_its_figure_shows_the_figure_interactive_with_the_note(tmp_path):
+    notebooks = small_course(tmp_path / "notebooks")
+    chapter = nbformat.read(notebooks / "b-second.ipynb", as_version=4)
+    figure = {"data": [{"type": "scatter", "x": [0, 1], "y": [1, 0]}], "layout": {"height": 320}}
+    chapter.cells.append(nbformat.v4.new_code_cell("posterior_explorer()", outputs=[nbformat.v4.new_output(
+        "display_data", data={static.WIDGET_MIME: {"model_id": "m3", "version_major": 2, "version_minor": 0},
+                              static.PLOTLY_MIME: figure, "image/png": "iVBORw0KGgo=", "text/plain": "τ = 0.1"})]))
+    nbformat.write(chapter, notebooks / "b-second.ipynb")
+    site.build_site(tmp_path / "out", notebooks)
+    page = (tmp_path / "out" / "b-second.html").read_text()
+    assert [f["data"] for f in drawn_figures(page)] == [figure["data"]]
+    assert page.count('class="klteach-widget') == 1 and site.WIDGET_NOTE in page
+    assert "data:image/png" not in page and "application/vnd.jupyter.widget-view+json" not in page
 
 
 def test_headings_get_githubs_anchors_too():

@@ -215,9 +215,9 @@ def test_set_converts_values_exactly_as_the_constructor_does():
 
 def test_set_refuses_settings_fixed_at_construction_naming_the_kinds():
     trainer = toy()
-    with pytest.raises(ValueError, match=r"steps cannot change during a run \(fixed when the trainer is built\); "
+    with pytest.raises(ValueError, match=r"precision cannot change during a run \(fixed when the trainer is built\); "
                                          r"live settings: normaliser, .*; settings that restart the run: dataset, "):
-        trainer.set(steps=5)
+        trainer.set(precision="bfloat16")
     assert not trainer.pending_changes()
 
 
@@ -322,3 +322,18 @@ def test_bfloat16_autocast_and_channels_last_give_float32_logits_q_and_loss():
     # and against a float32 run from the same start: close, as bf16 networks allow
     assert abs(loss_mixed - loss_full) < 0.02 * abs(loss_full)
     assert float((q - seen["q_full"]).abs().max()) < 0.1
+
+
+def test_the_planned_total_may_change_during_a_run_and_replaces_epochs(tmp_path):
+    trainer = toy(epochs=1.0, out=str(tmp_path), eval_every=2)          # 2000 samples / 64 per step
+    assert trainer.config.steps == 32
+    trainer.run(2)
+    trainer.set(steps=4)
+    trainer.run()                                   # to the new total, read as the run goes
+    assert trainer.step_count == 4 and trainer.config.epochs is None and trainer.config.steps == 4
+    resumed = Trainer.resume(tmp_path / "checkpoint.pt", steps=6)
+    resumed.run()
+    assert resumed.step_count == 6
+    other = toy(epochs=1.0, out=str(tmp_path / "b"), eval_every=2)
+    other.run(2)
+    assert Trainer.resume(tmp_path / "b" / "checkpoint.pt", steps=5).config.steps == 5
