@@ -226,7 +226,7 @@ class TrainingDashboard:
         self.buttons["pause"].on_click(lambda _: self._safely(self.pause))
         self.buttons["reset"].on_click(lambda _: self._safely(self.reset))
         self.look = widgets.ToggleButtons(options=LOOKS, value="normal", description="look",
-                                          style={"button_width": "110px"})
+                                          style={"button_width": "140px"})
         self.look.observe(lambda change: self._safely(lambda: self.set_look(change["new"])), names="value")
         self.status = widgets.HTML(layout=widgets.Layout(width="100%"))
         self.alarm = widgets.HTML(layout=widgets.Layout(width="100%"))
@@ -276,10 +276,8 @@ class TrainingDashboard:
     def _plain_figure(self) -> go.Figure:
         """The dashboard's figure in the current look, with its panels in :attr:`panels`."""
         self._three_d = self._embedding_dim() == 3
-        fig, self.panels = plots.dashboard_figure(
-            self._three_d, self.live.has_labels, look=self._figure_look(),
-            embedding_title="Embeddings are not recorded: a replay shows what the run measured"
-            if self.replaying else None)
+        fig, self.panels = plots.dashboard_figure(self._three_d, self.live.has_labels, look=self._figure_look(),
+                                                  embeddings=not self.replaying)   # replays record none
         return fig
 
     def _new_figure(self) -> None:

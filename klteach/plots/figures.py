@@ -80,29 +80,34 @@ DASHBOARD_TITLES = ("Collapse monitor", "Cluster sizes π_k: student p, teacher 
 
 
 def dashboard_figure(three_d: bool, has_labels: bool = True, width: int = 980, height: int = 1060,
-                     look: Look | None = None, embedding_title: str | None = None
-                     ) -> tuple[go.Figure, dict[str, Panel]]:
+                     look: Look | None = None, embeddings: bool = True) -> tuple[go.Figure, dict[str, Panel]]:
     """All five panels in one figure (a live dashboard then costs the browser one plotly.js
-    widget, not five): collapse monitor and cluster sizes, loss/KL and kNN/NMI, embeddings."""
+    widget, not five): collapse monitor and cluster sizes, loss/KL and kNN/NMI, and, unless
+    ``embeddings`` is False (a replay: they are not recorded), the embeddings. Lecture looks make
+    it taller, not wider, so that it still fits the notebook's column."""
     look = look or current()
     quality = DASHBOARD_TITLES[3] if has_labels else "kNN accuracy and NMI: this dataset has no labels"
-    embedding = embedding_title or (
-        "Student embeddings z on the sphere, weight vectors w_k (large markers)" if three_d
-        else "Student embeddings z (PCA), weight vectors w_k (large markers)")
-    fig = make_subplots(rows=3, cols=2, row_heights=[0.28, 0.28, 0.44], vertical_spacing=0.08,
-                        horizontal_spacing=0.16,
-                        specs=[[{"secondary_y": True}, {}], [{}, {}],
-                               [{"type": "scene" if three_d else "xy", "colspan": 2}, None]],
-                        subplot_titles=(*DASHBOARD_TITLES[:3], quality, embedding))
-    fig.update_layout(width=look.scaled(width), height=look.scaled(height), template=look.template,
+    titles = [*DASHBOARD_TITLES[:3], quality]
+    specs: list[list[dict | None]] = [[{"secondary_y": True}, {}], [{}, {}]]
+    heights = [0.5, 0.5]
+    if embeddings:
+        titles.append("Student embeddings z on the sphere, weight vectors w_k (large markers)" if three_d
+                      else "Student embeddings z (PCA), weight vectors w_k (large markers)")
+        specs.append([{"type": "scene" if three_d else "xy", "colspan": 2}, None])
+        heights = [0.28, 0.28, 0.44]
+    else:
+        height = round(height * 0.56)
+    fig = make_subplots(rows=len(specs), cols=2, row_heights=heights, vertical_spacing=0.08 if embeddings else 0.14,
+                        horizontal_spacing=0.22 if look.lecture else 0.16, specs=specs, subplot_titles=titles)
+    fig.update_layout(width=width, height=look.scaled(height), template=look.template,
                       margin=dict(l=60, r=60, t=50, b=40), uirevision="keep")
     fig.update_annotations(font_size=look.font + 2)                   # the subplot titles
-    layers = new_layers(fig)
-    options: dict[str, Any] = dict(layers=layers, look=look)
+    options: dict[str, Any] = dict(layers=new_layers(fig), look=look)
     panels: dict[str, Panel] = {
         "collapse": CollapsePanel(fig, 1, 1, **options), "cluster_sizes": ClusterSizePanel(fig, 1, 2, **options),
-        "loss": LossPanel(fig, 2, 1, **options), "quality": QualityPanel(fig, 2, 2, **options),
-        "embedding": EmbeddingPanel(fig, 3, 1, three_d=three_d, **options)}
+        "loss": LossPanel(fig, 2, 1, **options), "quality": QualityPanel(fig, 2, 2, **options)}
+    if embeddings:
+        panels["embedding"] = EmbeddingPanel(fig, 3, 1, three_d=three_d, **options)
     return fig, panels
 
 

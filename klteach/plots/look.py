@@ -79,7 +79,7 @@ class Look:
         return "rgba(230,159,0,0.30)" if self.dark else "rgba(230,159,0,0.18)"
 
     def scaled(self, pixels: int) -> int:
-        """A figure size in px, larger in lecture mode so that the larger text still fits."""
+        """A figure height in px, larger in lecture mode so that the larger text still fits."""
         return round(pixels * 1.3) if self.lecture else pixels
 
 
