@@ -29,8 +29,9 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -44,8 +45,10 @@ RESULT = REPO / "benchmarks" / "results" / "widgets_speed.json"
 
 
 def hardware(threads: int) -> dict[str, Any]:
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                  if line.startswith("model name")), platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+    model = platform.processor()
+    if os.path.exists("/proc/cpuinfo"):
+        model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                      if line.startswith("model name")), model)
     return {"cpu": model, "cores": os.cpu_count(), "torch_threads": threads, "gpu": torch.cuda.is_available(),
             "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
             "load_average_at_start": os.getloadavg()}
@@ -71,7 +74,7 @@ def steps_per_second_in_process(seconds: float) -> dict[str, Any]:
     dash.pause()
     assert dash.error is None, dash.error
     return {"steps_per_second": round((s1 - s0) / (t1 - t0), 1), "seconds": round(t1 - t0, 1),
-            "figure_redraws": dash._draws}
+            "figure_redraws": dash.draws}
 
 
 def steps_per_second_in_browser(seconds: float, threads: int) -> dict[str, Any]:
@@ -103,7 +106,8 @@ def steps_per_second_in_browser(seconds: float, threads: int) -> dict[str, Any]:
 def digits_alarm_and_recovery(timeout: float) -> dict[str, Any]:
     clusters = DATASET_DEFAULTS["digits"]["clusters"]
     recovered = lambda d: d.collapse_state == "healthy" and d.latest["effective_clusters"] >= clusters / 2  # noqa: E731
-    result: dict[str, Any] = {"recovered_means": f"no collapse and >= {clusters / 2:g} effective clusters of K={clusters}",
+    result: dict[str, Any] = {"recovered_means": f"no collapse and >= {clusters / 2:g} effective clusters "
+                                                 f"of K={clusters}",
                               "alarm_threshold_effective_clusters": metrics.one_cluster_threshold(clusters)}
 
     fresh = TrainingDashboard("digits", normaliser="none")
@@ -142,11 +146,11 @@ def digits_alarm_and_recovery(timeout: float) -> dict[str, Any]:
                          ("sinkhorn", {"normaliser": "sinkhorn"})):
         dash = TrainingDashboard("digits", normaliser="none")
         dash.start()
-        wait_for(lambda: dash.collapse_state == "one-cluster", timeout)
+        wait_for(lambda dash=dash: dash.collapse_state == "one-cluster", timeout)
         time.sleep(3.0)
         collapsed, step = dash.latest["effective_clusters"], dash.trainer.step_count
         dash.set(**rescue)
-        back = wait_for(lambda: recovered(dash), timeout)
+        back = wait_for(lambda dash=dash: recovered(dash), timeout)
         result[f"collapsed_run_switched_to_{name}"] = {
             "effective_clusters_collapsed": round(collapsed, 2), "recovered_after_s": _round(back),
             "steps_after_switch": dash.trainer.step_count - step,

@@ -1,7 +1,8 @@
 """Build ``data/cifar10-sample.tar.xz``: a small, balanced sample of the real CIFAR-10.
 
-Source: the JPEG re-encoding of CIFAR-10 in ``../shared/data/cifar10-jpg.tar.gz``
-(layout ``cifar10-jpg/{train,test}/<class>/NNNN.jpg``). From every class we take
+Source: a JPEG re-encoding of CIFAR-10 as a ``.tar.gz`` laid out as
+``cifar10-jpg/{train,test}/<class>/NNNN.jpg`` (5000 train and 1000 test images per class,
+NNNN the image's index in the official batches). From every class we take
 ``TRAIN_PER_CLASS`` training and ``TEST_PER_CLASS`` test images, chosen by a seeded random
 draw (numpy ``default_rng(SEED)``, per split and class, in sorted class order). The JPEG
 bytes are copied unchanged, under the same names, into
@@ -10,7 +11,7 @@ bytes are copied unchanged, under the same names, into
 The output is byte-for-byte reproducible (fixed member order and metadata, xz preset 9).
 Run from the repository root:
 
-    python data/make_cifar10_sample.py [--source PATH] [--out PATH]
+    python data/make_cifar10_sample.py --source cifar10-jpg.tar.gz [--out PATH]
 """
 from __future__ import annotations
 
@@ -29,7 +30,6 @@ SOURCE_TRAIN_PER_CLASS = 5000
 SOURCE_TEST_PER_CLASS = 1000
 SEED = 0
 HERE = Path(__file__).resolve().parent
-DEFAULT_SOURCE = HERE.parent.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
 DEFAULT_OUT = HERE / "cifar10-sample.tar.xz"
 
 
@@ -82,7 +82,7 @@ def build(source: Path, out: Path) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
+    parser.add_argument("--source", type=Path, required=True, help="the JPEG re-encoding of CIFAR-10 (.tar.gz)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args()
     build(args.source, args.out)

@@ -37,3 +37,12 @@ def recordings_dir() -> Path:
     (or an editable install), else the copy a plain ``pip install`` puts inside the package."""
     clone = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
     return clone if clone.is_dir() else Path(__file__).resolve().parent / "recordings"
+
+
+def lecture_mode(dark: bool = False) -> None:
+    """Draw every figure made afterwards for a lecture room: text of at least 18 px, the
+    colour-blind-safe palette, and a dark background when ``dark`` (see :mod:`klteach.plots.look`;
+    ``klteach.plots.use_look()`` goes back to the normal look)."""
+    from .plots import use_look
+
+    use_look(lecture=True, dark=dark)

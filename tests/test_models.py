@@ -6,8 +6,16 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from klteach.models import (MLP, ClusteringModel, Prototypes, ResNet18Cifar, SmallCNN,
-                            build_model, choose_architecture, count_parameters)
+from klteach.models import (
+    MLP,
+    ClusteringModel,
+    Prototypes,
+    ResNet18Cifar,
+    SmallCNN,
+    build_model,
+    choose_architecture,
+    count_parameters,
+)
 
 SHAPES = {"toy": (3,), "digits": (1, 8, 8), "cifar": (3, 32, 32)}
 

@@ -29,9 +29,13 @@ VERSION = re.compile(r"(?:python|torch|plotly|ipywidgets|ipykernel|jupyterlab|nu
                      re.IGNORECASE)
 TEXT_MIMETYPES = ("text/plain", "text/html", "text/markdown", "text/latex")
 
-NOT_YET_CHECKED = {"01-mixture-model.ipynb", "02-distillation-kl.ipynb",
-                   "03-inverse-priors.ipynb", "04-centering.ipynb", "05-cifar-scale.ipynb",
-                   "06-beyond-the-paper.ipynb"}
+NOT_YET_CHECKED = {
+    "01-mixture-model.ipynb",
+    "02-distillation-kl.ipynb",
+    "03-inverse-priors.ipynb",
+    "05-cifar-scale.ipynb",
+    "06-beyond-the-paper.ipynb",
+}
 """Chapters whose prose has not yet been brought in line (issue 13); each is removed from this set
 when it is. The marker is strict: a chapter that passes while still listed fails, so the set
 can only shrink."""

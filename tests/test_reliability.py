@@ -12,10 +12,10 @@ import torch
 
 from klteach import __main__ as cli
 from klteach import data
-from klteach.normalisers import NORMALISERS
 from klteach import train as train_module
+from klteach.checkpoint import read_metrics
+from klteach.normalisers import NORMALISERS
 from klteach.train import TrainConfig, Trainer, TrainingError
-
 
 pytestmark = pytest.mark.usefixtures("one_thread_float32")   # tests/conftest.py
 
@@ -453,3 +453,40 @@ def test_a_checkpoint_from_another_kind_of_device_resumes_with_a_warning():
     with pytest.warns(UserWarning, match="written on cuda, this run is on cpu: the augmentation random stream"):
         other.load_state(state)
     assert other.step_count == 1 and math.isfinite(other.step())
+
+
+# ---------------------------------------------------------------- run files (contract 2)
+
+def strict_json_lines(path):
+    """Parse each line as strict JSON: NaN and Infinity are not JSON."""
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
+
+
+def test_metrics_file_holds_cluster_sizes_and_every_change_as_an_event_row(tmp_path):
+    trainer = toy(out=str(tmp_path), eval_every=3)
+    trainer.run(6, should_stop=lambda: trainer.step_count == 4 and not trainer.events
+                and trainer.set(tau_teacher="0.05"))
+    evaluations, events = read_metrics(tmp_path / "metrics.jsonl")
+    assert [row["step"] for row in evaluations] == [3, 6]
+    assert events == [{"step": 4, "event": "set", "changes": {"tau_teacher": 0.05}, "restart": False}]
+    assert [row.get("event") for row in strict_json_lines(tmp_path / "metrics.jsonl")] == [None, "set", None]
+    for row in evaluations:
+        for key in ("cluster_sizes_student", "cluster_sizes_teacher"):
+            assert len(row[key]) == 8 and abs(sum(row[key]) - 1) < 1e-5 and min(row[key]) >= 0, key
+    # a restart starts the file again, with the change that restarted it first
+    trainer.set(clusters=5)
+    trainer.run(3)
+    evaluations, events = read_metrics(tmp_path)
+    assert [row["step"] for row in evaluations] == [3] and len(evaluations[0]["cluster_sizes_student"]) == 5
+    assert events == [{"step": 6, "event": "set", "changes": {"clusters": 5}, "restart": True}]
+    assert strict_json_lines(tmp_path / "metrics.jsonl")[0]["event"] == "set"
+
+
+def test_metrics_file_is_strict_json_with_null_for_non_finite_values(tmp_path):
+    trainer = toy(out=str(tmp_path), steps=0)
+    trainer.run()                                  # evaluated before any step: the loss is NaN
+    rows = strict_json_lines(tmp_path / "metrics.jsonl")
+    assert rows[0]["step"] == 0 and rows[0]["loss"] is None
+    assert json.loads((tmp_path / "config.json").read_text())["steps"] == 0
