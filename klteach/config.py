@@ -136,6 +136,10 @@ class TrainConfig:
     centred_prototypes: bool = setting(False, "centre the weight vectors (eq. 20)", "restart")
     student_batchnorm: bool = setting(False, "batch-normalise the student's embeddings too (section 5 warns "
                                       "against it)", "live")
+    teacher_batch_statistics: bool = setting(True, "the teacher's BatchNorm layers use the batch's own statistics, "
+                                             "as the student's do (DINO); --teacher-running-statistics uses "
+                                             "their running averages, as at evaluation", "live",
+                                             flags=("--teacher-running-statistics",))
     prior_momentum: float = setting(0.9, "momentum of the running prior (--prior running)", "fixed",
                                     **MOMENTUM)
     centre_momentum: float = setting(0.9, "momentum of centering's centre (eq. 23)", "fixed", **MOMENTUM)

@@ -292,7 +292,8 @@ class Trainer:
 
     def _train_mode(self) -> None:
         self.student.train()
-        self.teacher.train()     # the teacher, like the student, uses batch statistics in training
+        # the teacher, like the student, normalises with the batch's statistics unless told otherwise
+        self.teacher.train(self.config.teacher_batch_statistics)
         self.normaliser.train()
 
     @torch.no_grad()
