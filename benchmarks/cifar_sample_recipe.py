@@ -17,7 +17,7 @@ runs two processes side by side, one core each):
 
     python benchmarks/cifar_sample_recipe.py
 
-``--steps``, ``--seeds``, ``--normalisers`` and ``--runs-dir`` shrink or redirect it (the test
+``--steps``, ``--eval-size``, ``--seeds``, ``--normalisers`` and ``--runs-dir`` shrink or redirect it (the test
 of the shortened recipe uses them).
 """
 from __future__ import annotations
@@ -52,16 +52,17 @@ RESULT = HERE / "results" / "cifar_sample_recipe.json"
 RUNS = REPO / "runs" / "cifar_sample_recipe"
 REPLAYS = HERE / "results" / "replays"
 RECIPE = TrainConfig(dataset="cifar10-sample", arch="cnn", width=16, clusters=10, batch_size=64, lr=1e-3,
-                     momentum=0.99, steps=600, eval_every=30, eval_size=2000, device="cpu")
+                     momentum=0.99, steps=300, eval_every=50, eval_size=2000, device="cpu")
 """The recipe (see benchmarks/README.md, "A CPU recipe that learns", for why each setting)."""
 SEEDS = (0, 1, 2)
 
 
-def train_one(normaliser: str, seed: int, steps: int, eval_every: int, folder: Path) -> dict[str, Any]:
+def train_one(normaliser: str, seed: int, steps: int, eval_every: int, folder: Path,
+              eval_size: int = RECIPE.eval_size) -> dict[str, Any]:
     """Train one run in this process; write its folder; return its times (the child's work)."""
     torch.set_num_threads(1)
     config = dataclasses.replace(RECIPE, normaliser=normaliser, seed=seed, steps=steps, eval_every=eval_every,
-                                 out=str(folder))
+                                 eval_size=eval_size, out=str(folder))
     wall, cpu = time.perf_counter(), time.process_time()
     trainer = Trainer(config)
     trainer.history.append(trainer.evaluate())   # step 0: the untrained network, the yardstick of kNN
@@ -71,14 +72,15 @@ def train_one(normaliser: str, seed: int, steps: int, eval_every: int, folder: P
             "final": {k: v for k, v in trainer.history[-1].items() if not isinstance(v, list)}}
 
 
-def run_in_child(normaliser: str, seed: int, steps: int, eval_every: int, runs_dir: Path) -> dict[str, Any]:
+def run_in_child(normaliser: str, seed: int, steps: int, eval_every: int, runs_dir: Path,
+                 eval_size: int = RECIPE.eval_size) -> dict[str, Any]:
     """One run in a fresh process with one thread, so runs side by side do not share a thread pool."""
     folder = runs_dir / f"{normaliser}-seed{seed}"
     shutil.rmtree(folder, ignore_errors=True)
     load_before = round(os.getloadavg()[0], 2)
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     done = subprocess.run([sys.executable, __file__, "--child", normaliser, str(seed), str(steps), str(eval_every),
-                           str(folder)],
+                           str(folder), "--eval-size", str(eval_size)],
                           capture_output=True, text=True, cwd=REPO,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)})
     if done.returncode:
@@ -103,6 +105,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     parser.add_argument("--steps", type=int, default=RECIPE.steps)
     parser.add_argument("--eval-every", type=int, default=RECIPE.eval_every)
+    parser.add_argument("--eval-size", type=int, default=RECIPE.eval_size,
+                        help="evaluation images (and kNN bank size)")
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side (one core each)")
     parser.add_argument("--out", type=Path, default=RESULT)
     parser.add_argument("--runs-dir", type=Path, default=RUNS)
@@ -114,16 +118,16 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         normaliser, seed, steps, eval_every, folder = args.child
-        print(json.dumps(train_one(normaliser, int(seed), int(steps), int(eval_every), Path(folder))))
+        print(json.dumps(train_one(normaliser, int(seed), int(steps), int(eval_every), Path(folder), args.eval_size)))
         return
     unknown = sorted(set(args.normalisers) - set(NORMALISERS))
-    if unknown or min(args.steps, args.jobs, args.eval_every) < 1:
-        parser.error(f"normalisers must be among {', '.join(NORMALISERS)} (got {unknown}); --steps, --jobs and "
-                     "--eval-every must be >= 1")
+    if unknown or min(args.steps, args.jobs, args.eval_every, args.eval_size) < 1:
+        parser.error(f"normalisers must be among {', '.join(NORMALISERS)} (got {unknown}); --steps, --jobs, "
+                     "--eval-every and --eval-size must be >= 1")
     record: dict[str, Any] = {
         "benchmark": "cifar_sample_recipe", "complete": False,
         "recipe": {k: v for k, v in dataclasses.asdict(RECIPE).items() if k not in ("normaliser", "seed", "out")}
-        | {"steps": args.steps, "eval_every": args.eval_every},
+        | {"steps": args.steps, "eval_every": args.eval_every, "eval_size": args.eval_size},
         "hardware": hardware(), "jobs": args.jobs, "git_commit": git_commit(),
         "note": ("the machine may be shared with other jobs: compare CPU seconds, and read wall seconds with "
                  "the load averages beside them"),
@@ -134,7 +138,8 @@ def main() -> None:
                           if (run["normaliser"], run["seed"]) not in jobs]
     print(f"{len(jobs)} runs of {args.steps} steps, {args.jobs} at a time", flush=True)
     with ThreadPoolExecutor(args.jobs) as pool:
-        futures = [pool.submit(run_in_child, n, s, args.steps, args.eval_every, args.runs_dir) for n, s in jobs]
+        futures = [pool.submit(run_in_child, n, s, args.steps, args.eval_every, args.runs_dir, args.eval_size)
+                   for n, s in jobs]
         for future in futures:
             run = future.result()
             record["runs"].append(run)
