@@ -1,4 +1,5 @@
 """``python -m klteach bench`` and the benchmark scripts, on the CPU with fast settings."""
+import ast
 import dataclasses
 import datetime
 import importlib.util
@@ -13,9 +14,9 @@ import torch
 
 from klteach import bench, cifar10, data
 from klteach.__main__ import main
-from klteach.models import build_model
 from klteach.loss import cross_view_loss
-from klteach.train import Trainer, TrainConfig
+from klteach.models import build_model
+from klteach.train import TrainConfig, Trainer
 
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = REPO / "benchmarks"
@@ -90,9 +91,23 @@ def test_datasheet_peaks_by_gpu_name():
     assert bench.datasheet_tflops("NVIDIA A100-SXM4-80GB") == 312 and bench.datasheet_tflops("Tesla T4") is None
 
 
-def test_bench_does_not_import_the_command_line():
-    source = (REPO / "klteach" / "bench.py").read_text()
-    assert "__main__" not in source
+BENCH_MODULES = sorted((REPO / "klteach").glob("bench*.py"))
+
+
+def test_bench_modules_are_short_and_do_not_import_the_command_line():
+    assert len(BENCH_MODULES) >= 2
+    for module in BENCH_MODULES:
+        source = module.read_text()
+        assert "__main__" not in source, module.name
+        assert len(source.splitlines()) <= 400, module.name         # readable in one sitting
+
+
+def test_every_name_the_benchmark_scripts_import_from_bench_is_there():
+    """The split into bench_* modules keeps ``from klteach.bench import ...`` of the scripts working."""
+    imported = {alias.name for script in BENCHMARKS.glob("*.py") for node in ast.walk(ast.parse(script.read_text()))
+                if isinstance(node, ast.ImportFrom) and node.module == "klteach.bench" for alias in node.names}
+    assert {"environment", "busy_note", "measure_throughput", "cpu_model", "git_commit"} <= imported
+    assert [name for name in sorted(imported) if not hasattr(bench, name)] == []
 
 
 def test_typed_flags_override_the_device_defaults_and_nothing_else(monkeypatch):
@@ -107,8 +122,11 @@ def test_typed_flags_override_the_device_defaults_and_nothing_else(monkeypatch):
 def library_loss(trainer: Trainer, views: list[torch.Tensor]) -> float:
     """Steps 2-4 of :meth:`Trainer.train_step` on given views, with the trainer's own parts."""
     cfg, x = trainer.config, torch.cat(views)
-    q = trainer.normaliser(trainer.teacher.embed(x).float(), trainer.teacher.prototypes.unit_weights.float(),
-                           cfg.tau_teacher)
+    if trainer.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with trainer.autocast():
+        z_teacher = trainer.teacher.embed(x)
+    q = trainer.normaliser(z_teacher.float(), trainer.teacher.prototypes.unit_weights.float(), cfg.tau_teacher)
     log_p = trainer.student_log_p(x, cfg.tau_student, cfg.student_batchnorm)
     return float(cross_view_loss(list(q.chunk(2)), list(log_p.chunk(2))))
 
@@ -126,6 +144,30 @@ def test_plain_loop_computes_the_library_loss():
         assert float(plain.loss(torch.cat(views))) == pytest.approx(library_loss(trainer, views), rel=1e-5)
     plain.step()                                                     # and it trains
     assert not torch.equal(plain.student.prototypes.weight, trainer.student.prototypes.weight)
+
+
+def random_images(count: int = 16, side: int = 16) -> data.Dataset:
+    """A dataset of random uint8 images (for speed and shape tests, not learning)."""
+    images = torch.randint(0, 256, (count, 3, side, side), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    return data.Dataset("random", images, None, images[:4], None, [], "images")
+
+
+def test_plain_loop_runs_in_the_trainers_precision_and_memory_format():
+    """With bfloat16 networks (``precision``, as on a GPU) the plain loop uses the trainer's
+    autocast and channels_last too, so the comparison is still like with like."""
+    trainer = Trainer(TrainConfig(dataset="random", arch="cnn", batch_size=8, device="cpu", eval_every=0,
+                                  precision="bfloat16"), data=random_images())
+    plain = bench.PlainLoop(trainer)
+    generator = torch.Generator().manual_seed(3)
+    batch = trainer.dataset.train[:8]
+    views = [trainer.augment(batch, generator).float(), trainer.augment(batch, generator).float()]
+    with torch.no_grad():
+        x = torch.cat(views).contiguous(memory_format=torch.channels_last)
+        assert float(plain.loss(x)) == pytest.approx(library_loss(trainer, views), rel=1e-5)
+    plain.step()
+    model = bench.describe_model(trainer)
+    assert model["bf16_autocast"] and model["channels_last"]
 
 
 def test_measure_throughput_times_exactly_the_asked_steps():
@@ -192,10 +234,8 @@ def test_resnet18_forward_flops_match_a_count_by_hand():
 
 def test_a_step_costs_about_eight_forward_passes_per_image():
     """Two views, each: teacher forward (1) + student forward (1) + backward (~2)."""
-    images = torch.randint(0, 256, (16, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    dataset = data.Dataset("random", images, None, images[:4], None, [], "images")
     trainer = Trainer(TrainConfig(dataset="random", arch="cnn", batch_size=4, device="cpu", eval_every=0),
-                      data=dataset)
+                      data=random_images())
     forward = bench.forward_flops_per_image(trainer.student, (3, 16, 16))
     step = bench.step_flops_per_image(trainer)
     assert trainer.step_count == 1
