@@ -8,11 +8,13 @@
 # klteach loads directly ("cifar10" for the official archive in data/ or $KLTEACH_DATA). The
 # machine needs no network.
 #
-# A dry run on a CPU with tiny settings (proves every step runs end to end; about 10 minutes on
-# a loaded 2-core machine):
+# A dry run on a CPU with tiny settings (proves every step runs end to end). On a shared CPU
+# importing torch alone can take a minute, so LIMIT_SCALE stretches every step's time limit and
+# TOTAL_SECONDS the whole (to check the extraction too, pass a tarball of the same layout with a
+# few images per class instead of cifar10-sample: benchmarks/README.md says how it was made):
 #   OUT=/tmp/dry DEVICE=cpu ARCH=cnn BATCH=16 BATCHES="8 16" BENCH_STEPS=2 WARMUP=1 \
-#     QUALITY_MINUTES=0.2 QUALITY_ARGS="--eval-size 500 --calibrate-steps 4 --warmup-steps 4 --clusters 10" \
-#     COMPILE=0 bash benchmarks/run_on_gpu.sh cifar10-sample
+#     QUALITY_MINUTES=0.1 QUALITY_ARGS="--eval-size 200 --calibrate-steps 4 --warmup-steps 4 --clusters 10" \
+#     COMPILE=0 LIMIT_SCALE=6 TOTAL_SECONDS=3600 bash benchmarks/run_on_gpu.sh cifar10-sample
 #
 # Writes at most 8 files, all directly in $OUT (what a device lease hands back):
 #   log.txt                   everything printed, with nvidia-smi
@@ -20,7 +22,7 @@
 #                             peak memory, FLOPs per image and MFU, overhead against a plain PyTorch loop
 #   bench_compile.json        the same with --compile (last; skipped if time is short)
 #   memory_vs_batch_cuda.json peak memory and images/s for batch 128..2048
-#   sync_check.json           host-device syncs inside Trainer.step, by source line
+#   sync_check.json           host-device syncs inside Trainer.train_step, by source line
 #   prior_cost_cuda.json      eq. (15) whole-set prior pass: library vs lean, + FLOP counts
 #   gpu_<device>_<normaliser>.json  short quality runs (kNN vs training time), one per normaliser
 # Each step has its own time limit and the whole script stops starting steps after
@@ -31,6 +33,7 @@ OUT=${OUT:-$PWD/gpu-out}
 mkdir -p "$OUT"
 LOG=$OUT/log.txt
 TOTAL_SECONDS=${TOTAL_SECONDS:-540}
+LIMIT_SCALE=${LIMIT_SCALE:-1}
 QUALITY_MINUTES=${QUALITY_MINUTES:-1.5}
 DEVICE=${DEVICE:-cuda}
 ARCH=${ARCH:-resnet18}
@@ -48,7 +51,7 @@ log() { echo "$*" | tee -a "$LOG"; }
 
 # step NAME LIMIT_SECONDS COMMAND...: run with a time limit, never past the overall deadline.
 step() {
-    local name=$1 limit=$2
+    local name=$1 limit=$(($2 * LIMIT_SCALE))
     shift 2
     local left=$((TOTAL_SECONDS - SECONDS))
     if ((left < 30)); then
@@ -89,7 +92,8 @@ fi
 step prior 120 $PY benchmarks/prior_cost.py --case "$DATASET:$ARCH" --device "$DEVICE" --repeats 3 \
     --out "$OUT/prior_cost_$DEVICE.json"
 step quality 300 $PY benchmarks/gpu_full.py --dataset "$DATASET" --minutes "$QUALITY_MINUTES" --evals 3 \
-    --calibrate-steps 30 --warmup-steps 100 --arch "$ARCH" --device "$DEVICE" $QUALITY_ARGS --out-dir "$OUT"
+    --calibrate-steps 30 --warmup-steps 100 --arch "$ARCH" --batch-size "$BATCH" --device "$DEVICE" $QUALITY_ARGS \
+    --out-dir "$OUT"
 if [[ $COMPILE == 1 ]]; then
     step bench-compile 200 $PY -m klteach bench --dataset "$DATASET" --arch "$ARCH" --batch-size "$BATCH" \
         --bench-steps "$BENCH_STEPS" --warmup "$WARMUP" --device "$DEVICE" --compile --json "$OUT/bench_compile.json"

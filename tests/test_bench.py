@@ -170,6 +170,20 @@ def test_plain_loop_runs_in_the_trainers_precision_and_memory_format():
     assert model["bf16_autocast"] and model["channels_last"]
 
 
+def test_the_step_estimate_does_not_time_the_first_forward_pass(monkeypatch):
+    """The first pass pays for set-up once; timing it made the printed estimate far too long."""
+    trainer = Trainer(TrainConfig(dataset="random", arch="cnn", batch_size=8, device="cpu", eval_every=0),
+                      data=random_images())
+    now = [0.0]
+
+    def embed(x):                    # a simulated clock: the first pass takes 100 s, later ones 1 s
+        now[0] += 100.0 if now[0] == 0 else 1.0
+
+    monkeypatch.setattr(trainer.student, "embed", embed)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: now[0])
+    assert bench.estimate_step_seconds(trainer, images=8) == pytest.approx(1.0 / 8 * bench.FORWARDS_PER_IMAGE * 8)
+
+
 def test_measure_throughput_times_exactly_the_asked_steps():
     trainer = Trainer(TrainConfig(dataset="toy", clusters=8, batch_size=64, device="cpu", eval_every=0))
     result = bench.measure_throughput(trainer, steps=3, warmup=2)
