@@ -121,9 +121,11 @@ def main() -> None:
         print(json.dumps(train_one(normaliser, int(seed), int(steps), int(eval_every), Path(folder), args.eval_size)))
         return
     unknown = sorted(set(args.normalisers) - set(NORMALISERS))
-    if unknown or min(args.steps, args.jobs, args.eval_every, args.eval_size) < 1:
-        parser.error(f"normalisers must be among {', '.join(NORMALISERS)} (got {unknown}); --steps, --jobs, "
-                     "--eval-every and --eval-size must be >= 1")
+    if unknown:
+        parser.error(f"unknown normaliser(s) {', '.join(unknown)}; allowed: {', '.join(NORMALISERS)}")
+    for name in ("steps", "jobs", "eval_every", "eval_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     record: dict[str, Any] = {
         "benchmark": "cifar_sample_recipe", "complete": False,
         "recipe": {k: v for k, v in dataclasses.asdict(RECIPE).items() if k not in ("normaliser", "seed", "out")}
