@@ -20,6 +20,16 @@ from klteach.train import TrainConfig, Trainer, TrainingError
 pytestmark = pytest.mark.usefixtures("one_thread_float32")   # tests/conftest.py
 
 
+@pytest.fixture(autouse=True)
+def python_default_ctrl_c():
+    """Each test starts with Python's own Ctrl-C handler (KeyboardInterrupt), as a user's process
+    does: a test run in the same worker before (a notebook kernel manager, say) may have left
+    SIGINT ignored, and then no Ctrl-C could ever reach the trainer."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def toy(**kw):
     # 2000 toy samples in batches of 256: an epoch ends after 7 steps, so the runs below cross one
     settings = dict(dataset="toy", clusters=8, batch_size=256, eval_every=3, device="cpu", steps=12)
