@@ -13,7 +13,7 @@ per-cluster sizes), which chapter 5 plots. The seed-0 run of each normaliser is 
 rounded as ``record_replays.py`` rounds them.
 
 One command re-records everything (``--jobs 2`` runs two processes side by side, one core
-each; a run takes about two and a half CPU minutes):
+each; a run takes about five CPU minutes):
 
     python benchmarks/cifar_sample_recipe.py
 
@@ -52,7 +52,7 @@ RESULT = HERE / "results" / "cifar_sample_recipe.json"
 RUNS = REPO / "runs" / "cifar_sample_recipe"
 REPLAYS = HERE / "results" / "replays"
 RECIPE = TrainConfig(dataset="cifar10-sample", arch="cnn", width=16, clusters=10, batch_size=64, lr=1e-3,
-                     momentum=0.99, steps=200, eval_every=50, eval_size=1000, device="cpu")
+                     momentum=0.99, steps=500, eval_every=100, eval_size=2000, device="cpu")
 """The recipe (see benchmarks/README.md, "A CPU recipe that learns", for why each setting)."""
 SEEDS = (0, 1, 2)
 
