@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from live_helpers import SMALL, wait_for  # tests/live_helpers.py
 
 from klteach.live import DATASET_DEFAULTS, LiveCurves, LiveRun, collapse_message, describe_changes
 from klteach.metrics import one_cluster_threshold
@@ -16,20 +17,9 @@ from klteach.normalisers import NORMALISERS
 from klteach.replay import Replay, recordings
 from klteach.train import Trainer, TrainingError
 
-SMALL = dict(eval_batch=64, evaluate_every=0, batch_size=64)
-
 
 def small_run(**kw) -> LiveRun:
     return LiveRun(**{"dataset": "toy", **SMALL, **kw})
-
-
-def wait_for(condition, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def test_live_run_imports_and_trains_without_ipywidgets_or_plotly():

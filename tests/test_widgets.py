@@ -8,6 +8,7 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 import torch
+from live_helpers import SMALL, wait_for  # tests/live_helpers.py
 
 from klteach import display, plots
 from klteach.config import setting_info
@@ -22,20 +23,9 @@ from klteach.widgets import (
     prior_lambda_explorer,
 )
 
-SMALL = dict(eval_batch=64, evaluate_every=0, batch_size=64)
-
 
 def small_dashboard(**kw) -> TrainingDashboard:
     return TrainingDashboard(**{"dataset": "toy", **SMALL, **kw})
-
-
-def wait_for(condition, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 # ---------------------------------------------------------------- the dashboard from code
